@@ -1,0 +1,72 @@
+"""The server's parts, built once from `Settings` and wired together."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+import duckdb
+
+from flight_server import __version__
+from flight_server.cache import NoResultCache
+from flight_server.catalog import load_catalog
+from flight_server.context import RunningQueries
+from flight_server.engines.base import Engine
+from flight_server.engines.duckdb import DuckDBEngine
+from flight_server.executor import QueryExecutor
+from flight_server.router import Router, TableRegistry
+from flight_server.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+
+class RequestStats:
+    """Counters of requests by RPC and by outcome, for `health`."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._by_rpc: Counter[str] = Counter()
+        self._by_status: Counter[str] = Counter()
+
+    def record(self, rpc: str, status: str) -> None:
+        with self._lock:
+            self._by_rpc[rpc] += 1
+            self._by_status[status] += 1
+
+    def snapshot(self) -> dict[str, Any]:
+        with self._lock:
+            return {"by_rpc": dict(self._by_rpc), "by_status": dict(self._by_status)}
+
+
+class App:
+    def __init__(
+        self, settings: Settings, prepare: Callable[[duckdb.DuckDBPyConnection], None] | None = None
+    ) -> None:
+        self.settings = settings
+        self.version = __version__
+        self.started = time.time()
+        self.running = RunningQueries()
+        self.duckdb = DuckDBEngine(settings, self.running, prepare)
+        self.engines: dict[str, Engine] = {"duckdb": self.duckdb}
+        self.registry = TableRegistry({"duckdb": self.duckdb.refresh_tables})
+        self.router = Router(self.registry, self.engines)
+        self.catalog = load_catalog(settings.schemas_dir / "catalog.toml")
+        self.cache = NoResultCache()
+        self.executor = QueryExecutor(
+            self.catalog, self.engines, self.router, self.cache, self.duckdb.syntax_error
+        )
+        self.executor.validate_catalog()
+        self.stats = RequestStats()
+        logger.info(
+            "server parts ready",
+            extra={"fields": {"engines": sorted(self.engines), "named_queries": len(self.catalog)}},
+        )
+
+    def close(self) -> None:
+        self.running.close()
+        for engine in self.engines.values():
+            engine.close()

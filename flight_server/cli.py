@@ -1,0 +1,140 @@
+"""The `flight-server` command: serve, demo-data, query."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+
+import duckdb
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
+
+from flight_server import __version__
+from flight_server.logs import configure_logging
+from flight_server.settings import Settings
+
+logger = logging.getLogger(__name__)
+err = Console(stderr=True)
+
+
+@contextmanager
+def _progress() -> Iterator[Callable[[str, int, int], None]]:
+    """A progress callback drawing one bar per step on stderr."""
+    with Progress(
+        TextColumn("{task.description:<22}"), BarColumn(), TextColumn("{task.percentage:>5.1f}%"),
+        TimeElapsedColumn(), console=err, transient=False,
+    ) as bar:
+        tasks: dict[str, TaskID] = {}
+
+        def update(step: str, done: int, total: int) -> None:
+            if step not in tasks:
+                tasks[step] = bar.add_task(step, total=max(total, 1))
+            bar.update(tasks[step], completed=done, total=max(total, 1))
+
+        yield update
+
+
+def _fill_demo(con: duckdb.DuckDBPyConnection, rows: int, seed: int, only_if_empty: bool) -> None:
+    from flight_server.demo import generate_demo_data
+
+    if only_if_empty:
+        existing = con.sql("SELECT count(*) FROM cdx_records").fetchall()[0][0]
+        if existing:
+            logger.info("demo data not generated: cdx_records already has rows",
+                        extra={"fields": {"rows": existing}})
+            return
+    with _progress() as progress:
+        summary = generate_demo_data(con, rows, seed=seed, progress=progress)
+    err.print(
+        f"demo data: {summary.cdx_records:,} CDX records, {summary.content_analytics:,} content rows, "
+        f"{summary.performance_metrics:,} metrics, {summary.projects} projects, {summary.domains:,} domains "
+        f"in {summary.seconds:.1f} s"
+    )
+
+
+def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
+    from flight_server.app import App
+    from flight_server.server import ChronoFlightServer
+
+    def prepare(con: duckdb.DuckDBPyConnection) -> None:
+        if args.demo:
+            _fill_demo(con, args.rows, args.seed, only_if_empty=True)
+
+    app = App(settings, prepare=prepare)
+    server = ChronoFlightServer(app)
+    location = f"grpc://{settings.host}:{server.port}"
+    logger.info("serving", extra={"fields": {"location": location, "version": __version__}})
+    err.print(f"Chrono Flight {__version__} listening on {location} (Ctrl-C stops)")
+    try:
+        server.serve()
+    finally:
+        app.close()
+    return 0
+
+
+def cmd_demo_data(args: argparse.Namespace, settings: Settings) -> int:
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        con = duckdb.connect(str(settings.duckdb_path))
+    except duckdb.IOException as exc:
+        err.print(f"cannot open the database (is the server running on this data directory?): {exc}")
+        return 1
+    try:
+        con.execute((settings.schemas_dir / "duckdb.sql").read_text())
+        _fill_demo(con, args.rows, args.seed, only_if_empty=False)
+    finally:
+        con.close()
+    return 0
+
+
+def cmd_query(args: argparse.Namespace, settings: Settings) -> int:
+    from flight_server.cli_query import run_query
+
+    return run_query(args, settings)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="flight-server", description="Chrono Flight analytics server")
+    parser.add_argument("--version", action="version", version=__version__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="start the Flight server")
+    serve.add_argument("--demo", action="store_true", help="fill an empty data directory with demo data first")
+    serve.add_argument("--rows", type=int, default=1_000_000, help="demo CDX rows (with --demo)")
+    serve.add_argument("--seed", type=int, default=42, help="demo data seed (with --demo)")
+    serve.set_defaults(func=cmd_serve)
+
+    demo = sub.add_parser("demo-data", help="(re)generate the demo data set (server stopped)")
+    demo.add_argument("--rows", type=int, default=1_000_000, help="CDX rows to generate")
+    demo.add_argument("--seed", type=int, default=42, help="seed of the generator")
+    demo.set_defaults(func=cmd_demo_data)
+
+    query = sub.add_parser("query", help="run SQL or a named query against a server and print it")
+    query.add_argument("sql", nargs="?", help="SQL text (read-only); omit with --name")
+    query.add_argument("--name", help="named query, e.g. domains.top")
+    query.add_argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE",
+                       help="parameter of a named query (repeatable); for SQL, values for $1, $2, ...")
+    query.add_argument("--format", choices=["table", "csv", "json", "parquet"], default="table")
+    query.add_argument("--output", "-o", help="write to this file instead of standard output")
+    query.add_argument("--url", help="server URL (default grpc://FLIGHT_HOST:FLIGHT_PORT)")
+    query.add_argument("--token", help="bearer token, when the server requires one")
+    query.add_argument("--max-rows", type=int, default=50, help="rows shown in table format")
+    query.set_defaults(func=cmd_query)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    settings = Settings()
+    configure_logging(settings.log_level, settings.log_format if args.command == "serve" else "text")
+    if args.command != "serve":
+        logging.getLogger().setLevel(max(logging.WARNING, logging.getLogger().level))
+    result: int = args.func(args, settings)
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(main())

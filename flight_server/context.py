@@ -1,0 +1,111 @@
+"""Per-request state: who is calling, the query id, and the running-query registry.
+
+`RequestContext` travels from the RPC handler through router, cache and engine. It
+carries the caller's identity (anonymous with full access until authentication is
+configured) so that later layers can scope data and key caches by it.
+
+`RunningQueries` tracks every query that is executing or streaming and interrupts the
+ones past their deadline from a single watchdog thread.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Caller:
+    subject: str = "anonymous"
+    role: str = "admin"
+    projects: tuple[str, ...] | None = None  # None: every project
+
+    @property
+    def scope(self) -> str:
+        """What the caller may see, as a stable string for cache keys."""
+        return "*" if self.projects is None else ",".join(sorted(self.projects))
+
+
+@dataclass
+class RequestContext:
+    rpc: str
+    caller: Caller = field(default_factory=Caller)
+    peer: str = ""
+    query_id: str = field(default_factory=lambda: uuid.uuid4().hex[:16])
+    started: float = field(default_factory=time.monotonic)
+
+    def elapsed_ms(self) -> float:
+        return (time.monotonic() - self.started) * 1000.0
+
+
+@dataclass
+class RunningQuery:
+    query_id: str
+    engine: str
+    sql: str
+    deadline: float
+    interrupt: Callable[[], None]
+    started: float = field(default_factory=time.monotonic)
+    stop_reason: str | None = None  # "deadline" or "cancelled" once interrupted
+
+    def stop(self, reason: str) -> None:
+        if self.stop_reason is None:
+            self.stop_reason = reason
+            self.interrupt()
+
+
+class RunningQueries:
+    """Registry of running queries with a watchdog that enforces deadlines."""
+
+    def __init__(self, tick_s: float = 0.05) -> None:
+        self._queries: dict[str, RunningQuery] = {}
+        self._lock = threading.Lock()
+        self._tick_s = tick_s
+        self._closed = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="query-watchdog", daemon=True)
+        self._thread.start()
+
+    def add(self, query: RunningQuery) -> None:
+        with self._lock:
+            self._queries[query.query_id] = query
+
+    def remove(self, query_id: str) -> None:
+        with self._lock:
+            self._queries.pop(query_id, None)
+
+    def cancel(self, query_id: str) -> bool:
+        with self._lock:
+            query = self._queries.get(query_id)
+        if query is None:
+            return False
+        query.stop("cancelled")
+        return True
+
+    def snapshot(self) -> list[dict[str, Any]]:
+        now = time.monotonic()
+        with self._lock:
+            queries = list(self._queries.values())
+        return [
+            {"query_id": q.query_id, "engine": q.engine, "running_s": round(now - q.started, 3)}
+            for q in queries
+        ]
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._queries)
+
+    def close(self) -> None:
+        self._closed.set()
+        self._thread.join(timeout=1)
+
+    def _watch(self) -> None:
+        while not self._closed.wait(self._tick_s):
+            now = time.monotonic()
+            with self._lock:
+                overdue = [q for q in self._queries.values() if q.deadline <= now]
+            for query in overdue:
+                query.stop("deadline")

@@ -1,0 +1,69 @@
+"""The interface every engine implements.
+
+An engine runs read-only SQL with bound parameters and hands back a
+`pyarrow.RecordBatchReader` that streams; it can describe a result's schema without
+running the query, explain a plan, report its health and interrupt a query.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Protocol
+
+import pyarrow as pa
+
+Params = Sequence[Any] | Mapping[str, Any] | None
+
+
+class QueryResult:
+    """A started query: its streaming reader and what to release when done with it."""
+
+    def __init__(
+        self,
+        reader: pa.RecordBatchReader,
+        release: Callable[[], None],
+        translate: Callable[[BaseException], BaseException],
+    ) -> None:
+        self.reader = reader
+        self.translate = translate  # engine exception -> ChronoError, for reads of the reader
+        self._release: Callable[[], None] | None = release
+
+    @property
+    def schema(self) -> pa.Schema:
+        return self.reader.schema
+
+    def close(self) -> None:
+        """Stop the query if it is still running and free its resources (idempotent)."""
+        release, self._release = self._release, None
+        if release is not None:
+            release()
+
+
+class Engine(Protocol):
+    name: str
+
+    def execute(self, sql: str, params: Params, *, query_id: str, deadline_s: float | None = None) -> QueryResult:
+        """Start the query; its reader streams the batches. Raises ChronoError subclasses."""
+        ...
+
+    def schema(self, sql: str, params: Params) -> pa.Schema:
+        """The result schema, without running the whole query."""
+        ...
+
+    def explain(self, sql: str, params: Params) -> str:
+        """The engine's plan for the query, as text."""
+        ...
+
+    def tables(self) -> dict[str, str]:
+        """Tables and views this engine serves: name -> kind ('table' or 'view')."""
+        ...
+
+    def health(self) -> dict[str, Any]:
+        """A quick check and a few diagnostics; raises when the engine is down."""
+        ...
+
+    def cancel(self, query_id: str) -> bool:
+        """Interrupt a running query; False when it is not running here."""
+        ...
+
+    def close(self) -> None: ...

@@ -1,0 +1,234 @@
+"""Embedded DuckDB: the analytics engine.
+
+One database per server; every request gets its own cursor, which is how DuckDB is
+used safely from many gRPC handler threads. Results stream as Arrow record batches
+straight from DuckDB's reader. After start-up (schema, optional demo data) the
+database is locked down: no external access except the data directory, no extension
+installs or auto-loading, and a locked configuration that queries cannot change.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+
+from flight_server.context import RunningQueries, RunningQuery
+from flight_server.engines.base import Params, QueryResult
+from flight_server.errors import (
+    Cancelled,
+    ChronoError,
+    InternalError,
+    InvalidArgument,
+    ResourceExhausted,
+    TimedOut,
+    one_line,
+)
+from flight_server.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+_USER_ERRORS = (
+    duckdb.ParserException,
+    duckdb.BinderException,
+    duckdb.CatalogException,
+    duckdb.ConversionException,
+    duckdb.InvalidInputException,
+    duckdb.OutOfRangeException,
+    duckdb.TypeMismatchException,
+    duckdb.NotImplementedException,
+    duckdb.PermissionException,
+    duckdb.InvalidTypeException,
+    duckdb.SyntaxException,
+)
+
+
+def _sql_literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+class DuckDBEngine:
+    """The embedded DuckDB engine (see module docstring)."""
+
+    name = "duckdb"
+
+    def __init__(
+        self,
+        settings: Settings,
+        running: RunningQueries,
+        prepare: Callable[[duckdb.DuckDBPyConnection], None] | None = None,
+    ) -> None:
+        self._settings = settings
+        self._running = running
+        self._batch_rows = settings.duckdb.batch_rows
+        self._deadline_s = settings.duckdb.query_deadline_s
+        data_dir = settings.data_dir.resolve()
+        data_dir.mkdir(parents=True, exist_ok=True)
+        settings.spill_dir.mkdir(parents=True, exist_ok=True)
+        self._db = duckdb.connect(
+            str(settings.duckdb_path),
+            config={
+                "threads": settings.duckdb.threads,
+                "memory_limit": settings.duckdb.memory_limit,
+                "temp_directory": str(settings.spill_dir.resolve()),
+                "max_temp_directory_size": settings.duckdb.max_temp_directory_size,
+                "autoinstall_known_extensions": False,
+                "autoload_known_extensions": False,
+                "allow_community_extensions": False,
+            },
+        )
+        self._db.execute((settings.schemas_dir / "duckdb.sql").read_text())
+        if prepare is not None:
+            prepare(self._db)
+        self._lock_down(data_dir)
+        self._tables: dict[str, str] = {}
+        self.refresh_tables()
+
+    def _lock_down(self, data_dir: Path) -> None:
+        self._db.execute(f"SET allowed_directories = [{_sql_literal(str(data_dir))}]")
+        self._db.execute("SET enable_external_access = false")
+        self._db.execute("SET lock_configuration = true")
+
+    # -- Engine interface -------------------------------------------------------------
+
+    def execute(self, sql: str, params: Params, *, query_id: str, deadline_s: float | None = None) -> QueryResult:
+        cursor = self._db.cursor()
+        running = RunningQuery(
+            query_id=query_id,
+            engine=self.name,
+            sql=sql,
+            deadline=time.monotonic() + (deadline_s or self._deadline_s),
+            interrupt=cursor.interrupt,
+        )
+        self._running.add(running)
+
+        def release() -> None:
+            self._running.remove(query_id)
+            try:
+                cursor.interrupt()
+                cursor.close()
+            except duckdb.Error:  # already closed or finished
+                pass
+
+        try:
+            relation = cursor.sql(sql, params=params)
+            if relation is None:
+                raise InvalidArgument("the statement returned no result; send a query")
+            reader = relation.to_arrow_reader(self._batch_rows)
+        except BaseException as exc:
+            release()
+            raise self.translate(exc, running) from None
+        return QueryResult(reader, release, lambda exc: self.translate(exc, running))
+
+    def schema(self, sql: str, params: Params) -> pa.Schema:
+        cursor = self._db.cursor()
+        try:
+            relation = cursor.sql(sql, params=params)
+            if relation is None:
+                raise InvalidArgument("the statement returned no result; send a query")
+            schema: pa.Schema = relation.limit(0).to_arrow_table().schema
+            return schema
+        except BaseException as exc:
+            raise self.translate(exc, None) from None
+        finally:
+            cursor.close()
+
+    def explain(self, sql: str, params: Params) -> str:
+        cursor = self._db.cursor()
+        try:
+            relation = cursor.sql(f"EXPLAIN {sql}", params=params)
+            rows = relation.fetchall() if relation is not None else []
+            return "\n".join(str(row[1]) for row in rows)
+        except BaseException as exc:
+            raise self.translate(exc, None) from None
+        finally:
+            cursor.close()
+
+    def syntax_error(self, sql: str) -> str | None:
+        """DuckDB's own parser message for SQL that does not parse, else None."""
+        cursor = self._db.cursor()
+        try:
+            cursor.extract_statements(sql)
+        except duckdb.Error as exc:
+            return one_line(str(exc))
+        finally:
+            cursor.close()
+        return None
+
+    def tables(self) -> dict[str, str]:
+        return dict(self._tables)
+
+    def refresh_tables(self) -> dict[str, str]:
+        cursor = self._db.cursor()
+        try:
+            rows = cursor.sql(
+                "SELECT table_name, 'table' FROM duckdb_tables() WHERE schema_name = 'main' "
+                "AND NOT internal UNION ALL SELECT view_name, 'view' FROM duckdb_views() "
+                "WHERE schema_name = 'main' AND NOT internal"
+            ).fetchall()
+        finally:
+            cursor.close()
+        self._tables = {str(name).lower(): str(kind) for name, kind in rows}
+        return self.tables()
+
+    def row_counts(self) -> dict[str, int]:
+        cursor = self._db.cursor()
+        try:
+            rows = cursor.sql(
+                "SELECT table_name, estimated_size FROM duckdb_tables() WHERE schema_name = 'main'"
+            ).fetchall()
+        finally:
+            cursor.close()
+        return {str(name).lower(): int(size) for name, size in rows}
+
+    def health(self) -> dict[str, Any]:
+        cursor = self._db.cursor()
+        try:
+            started = time.perf_counter()
+            cursor.sql("SELECT 1").fetchall()
+            memory = cursor.sql("SELECT sum(memory_usage_bytes) FROM duckdb_memory()").fetchall()
+            return {
+                "status": "ok",
+                "ping_ms": round((time.perf_counter() - started) * 1000, 3),
+                "memory_bytes": int(memory[0][0] or 0),
+                "threads": self._settings.duckdb.threads,
+                "memory_limit": self._settings.duckdb.memory_limit,
+                "tables": len(self._tables),
+            }
+        finally:
+            cursor.close()
+
+    def cancel(self, query_id: str) -> bool:
+        return self._running.cancel(query_id)
+
+    def close(self) -> None:
+        self._db.close()
+
+    # -- errors ---------------------------------------------------------------------------
+
+    def translate(self, exc: BaseException, running: RunningQuery | None) -> BaseException:
+        """A ChronoError for an exception DuckDB raised (or the exception itself)."""
+        if isinstance(exc, ChronoError):
+            return exc
+        message = one_line(str(exc))
+        interrupted = isinstance(exc, duckdb.InterruptException) or "INTERRUPT" in message
+        if interrupted and running is not None and running.stop_reason == "deadline":
+            return TimedOut(
+                f"query {running.query_id} exceeded its deadline of "
+                f"{self._deadline_s:g} s and was stopped; narrow it or raise the deadline"
+            )
+        if interrupted:
+            return Cancelled("the query was cancelled")
+        if isinstance(exc, duckdb.OutOfMemoryException):
+            return ResourceExhausted(f"DuckDB ran out of memory: {message}")
+        if isinstance(exc, _USER_ERRORS):
+            return InvalidArgument(message)
+        if isinstance(exc, duckdb.Error):
+            logger.error("duckdb error: %s", message)
+            return InternalError(f"DuckDB failed: {message}")
+        return exc

@@ -1,0 +1,194 @@
+"""From a decoded command to a running, streaming result.
+
+`QueryExecutor.plan` resolves a command (named query, raw SQL or dataset) into a
+`Plan`: the final SQL, bound parameters, the tables read and the engine the router
+chose. `QueryExecutor.open` consults the result cache, starts the query on its engine
+and reads the first batch, so that most failures surface as proper errors before any
+data is sent; the rest of the stream stays a C++ reader.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyarrow as pa
+
+from flight_server.cache import CacheKey, ResultCache, cache_key
+from flight_server.catalog import Catalog, NamedQuery
+from flight_server.commands import Command
+from flight_server.context import RequestContext
+from flight_server.engines.base import Engine, QueryResult
+from flight_server.errors import NotFound
+from flight_server.router import Router
+from flight_server.sqlguard import check_read_only
+
+logger = logging.getLogger(__name__)
+
+_SAMPLE_VALUES: dict[str, Any] = {
+    "string": "example.com",
+    "integer": 1,
+    "float": 1.0,
+    "boolean": True,
+    "date": dt.date(2000, 1, 1),
+    "timestamp": dt.datetime(2000, 1, 1),
+    "string_list": ["x"],
+}
+
+
+@dataclass
+class Plan:
+    command: Command
+    label: str  # named query, dataset, or "sql"
+    engine: str
+    reason: str
+    sql: str
+    params: Any
+    tables: tuple[str, ...]
+    ttl_s: int
+    query_id: str
+    named: NamedQuery | None = None
+
+    def metadata(self, cache: str) -> dict[str, Any]:
+        return {
+            "engine": self.engine,
+            "reason": self.reason,
+            "cache": cache,
+            "query_id": self.query_id,
+            "route": self.label,
+            "tables": list(self.tables),
+        }
+
+
+@dataclass
+class OpenResult:
+    """A result ready to stream: a cached table, or a first batch plus a live reader."""
+
+    plan: Plan
+    schema: pa.Schema
+    cache: str
+    table: pa.Table | None = None
+    first: pa.RecordBatch | None = None
+    running: QueryResult | None = None
+    on_close: list[Callable[[], None]] = field(default_factory=list)
+
+    def metadata(self) -> dict[str, Any]:
+        return self.plan.metadata(self.cache)
+
+    def close(self) -> None:
+        if self.running is not None:
+            self.running.close()
+        for callback in self.on_close:
+            callback()
+
+
+class QueryExecutor:
+    def __init__(
+        self,
+        catalog: Catalog,
+        engines: dict[str, Engine],
+        router: Router,
+        cache: ResultCache,
+        syntax_error: Callable[[str], str | None] | None = None,
+    ) -> None:
+        self.catalog = catalog
+        self.engines = engines
+        self.router = router
+        self.cache = cache
+        self._syntax_error = syntax_error
+        self._named_schemas: dict[str, pa.Schema] = {}
+
+    def validate_catalog(self) -> None:
+        """Plan every named query with sample values: a broken entry stops start-up."""
+        for query in self.catalog:
+            sample = {
+                p.name: p.default if p.default is not None else _SAMPLE_VALUES[p.type] for p in query.params
+            }
+            route = self.router.route(query.tables, declared=query.engine)
+            try:
+                self._named_schemas[query.name] = self.engines[route.engine].schema(query.sql, sample)
+            except Exception as exc:
+                raise ValueError(f"named query {query.name} does not plan: {exc}") from None
+
+    def named_schema(self, name: str) -> pa.Schema:
+        return self._named_schemas[name]
+
+    # -- planning ----------------------------------------------------------------------
+
+    def plan(self, command: Command, ctx: RequestContext) -> Plan:
+        if command.kind == "query":
+            named = self.catalog.get(command.target)
+            params: Any = named.bind(command.params if isinstance(command.params, dict) else {})
+            route = self.router.route(named.tables, command.engine, declared=named.engine)
+            return Plan(command, named.name, route.engine, route.reason, named.sql, params,
+                        named.tables, named.ttl_s, ctx.query_id, named)
+        if command.kind == "dataset":
+            name = command.target.lower()
+            if not self.router.registry.has(name):
+                raise NotFound(f"unknown dataset '{command.target:.80}'; ListFlights shows the datasets")
+            route = self.router.route([name], command.engine)
+            return Plan(command, name, route.engine, route.reason, f'SELECT * FROM "{name}"', None,
+                        (name,), 60, ctx.query_id)
+        checked = check_read_only(command.target, self.router.registry.has, self._syntax_error)
+        route = self.router.route(checked.tables, command.engine)
+        params = command.params if command.params else None
+        return Plan(command, "sql", route.engine, route.reason, checked.sql, params, checked.tables,
+                    60, ctx.query_id)
+
+    def schema(self, plan: Plan) -> pa.Schema:
+        if plan.named is not None and plan.named.name in self._named_schemas:
+            return self._named_schemas[plan.named.name]
+        return self.engines[plan.engine].schema(plan.sql, plan.params)
+
+    def explain(self, plan: Plan) -> dict[str, Any]:
+        return {
+            **plan.metadata("not-run"),
+            "sql": plan.sql,
+            "params": plan.params,
+            "engine_plan": self.engines[plan.engine].explain(plan.sql, plan.params),
+        }
+
+    # -- execution ---------------------------------------------------------------------
+
+    def _key(self, plan: Plan, ctx: RequestContext) -> CacheKey:
+        versions = self.cache.versions(plan.tables)
+        return cache_key(plan.sql, plan.params, plan.engine, ctx.caller.scope, versions,
+                         plan.tables, plan.ttl_s)
+
+    def cache_status(self, plan: Plan, ctx: RequestContext) -> str:
+        """What the cache would answer for this plan now (for FlightInfo)."""
+        return self.cache.lookup(self._key(plan, ctx), plan.command.cache)[1]
+
+    def open(self, plan: Plan, ctx: RequestContext) -> OpenResult:
+        key = self._key(plan, ctx)
+        table, status = self.cache.lookup(key, plan.command.cache)
+        if table is not None:
+            return OpenResult(plan, table.schema, status, table=table)
+        running = self.engines[plan.engine].execute(plan.sql, plan.params, query_id=plan.query_id)
+        try:
+            first = running.reader.read_next_batch()
+        except StopIteration:
+            first = None
+        except BaseException as exc:
+            running.close()
+            raise running.translate(exc) from None
+        return OpenResult(plan, running.schema, status, first=first, running=running)
+
+    def run_to_table(self, plan: Plan, ctx: RequestContext) -> pa.Table:
+        """The whole result as a table (for actions and small internal queries)."""
+        result = self.open(plan, ctx)
+        try:
+            if result.table is not None:
+                return result.table
+            assert result.running is not None
+            batches = [result.first] if result.first is not None else []
+            try:
+                batches.extend(result.running.reader)
+            except BaseException as exc:
+                raise result.running.translate(exc) from None
+            return pa.Table.from_batches(batches, schema=result.schema)
+        finally:
+            result.close()

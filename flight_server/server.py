@@ -1,0 +1,168 @@
+"""The Flight RPC surface: decodes requests and hands them to the executor.
+
+Every handler runs inside `_rpc`, which builds the request context, logs one line per
+request and turns any failure into the right Flight status with a one-line message.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
+
+import pyarrow as pa
+import pyarrow.flight as flight
+
+from flight_server.actions import ACTIONS
+from flight_server.app import App
+from flight_server.commands import Command, dataset_command, parse_command
+from flight_server.context import RequestContext
+from flight_server.errors import ChronoError, InvalidArgument, NotFound, to_flight_error
+from flight_server.executor import OpenResult
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+def _metadata_bytes(metadata: dict[str, Any]) -> bytes:
+    return json.dumps(metadata, separators=(",", ":")).encode()
+
+
+class ChronoFlightServer(flight.FlightServerBase):  # type: ignore[misc]
+    def __init__(self, app: App, location: str | None = None, **kwargs: Any) -> None:
+        # pyarrow sends the formatted traceback of an exception along with its status;
+        # with no frames in it, clients get the one-line message only. Logs format
+        # tracebacks with their own explicit limit.
+        sys.tracebacklimit = 0
+        settings = app.settings
+        super().__init__(location or f"grpc://{settings.host}:{settings.port}", **kwargs)
+        self.app = app
+
+    # -- plumbing --------------------------------------------------------------------
+
+    def _rpc(self, rpc: str, call_ctx: flight.ServerCallContext, label: str,
+             handler: Callable[[RequestContext], T]) -> T:
+        ctx = RequestContext(rpc=rpc, peer=call_ctx.peer() if call_ctx else "")
+        try:
+            result = handler(ctx)
+        except BaseException as exc:
+            status = exc.status if isinstance(exc, ChronoError) else "internal"
+            self._log(ctx, label, status, error=str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+            raise to_flight_error(exc) from None
+        return result
+
+    def _log(self, ctx: RequestContext, label: str, status: str, **fields: Any) -> None:
+        self.app.stats.record(ctx.rpc, status)
+        logger.info(
+            "request",
+            extra={"fields": {"rpc": ctx.rpc, "query_id": ctx.query_id, "route": label,
+                              "status": status, "ms": round(ctx.elapsed_ms(), 3), **fields}},
+        )
+
+    def _command(self, descriptor: flight.FlightDescriptor) -> Command:
+        if descriptor.descriptor_type == flight.DescriptorType.CMD:
+            return parse_command(descriptor.command)
+        if descriptor.descriptor_type == flight.DescriptorType.PATH:
+            return dataset_command(descriptor.path)
+        raise InvalidArgument("descriptor must be a JSON command or a dataset path")
+
+    # -- RPCs --------------------------------------------------------------------------
+
+    def get_flight_info(self, context: flight.ServerCallContext,
+                        descriptor: flight.FlightDescriptor) -> flight.FlightInfo:
+        def handle(ctx: RequestContext) -> flight.FlightInfo:
+            command = self._command(descriptor)
+            plan = self.app.executor.plan(command, ctx)
+            schema = self.app.executor.schema(plan)
+            ticket = flight.Ticket(plan.command.to_json())
+            metadata = plan.metadata(self.app.executor.cache_status(plan, ctx))
+            self._log(ctx, plan.label, "ok", engine=plan.engine)
+            return flight.FlightInfo(schema, descriptor, [flight.FlightEndpoint(ticket, [])],
+                                     -1, -1, app_metadata=_metadata_bytes(metadata))
+
+        return self._rpc("GetFlightInfo", context, "info", handle)
+
+    def get_schema(self, context: flight.ServerCallContext,
+                   descriptor: flight.FlightDescriptor) -> flight.SchemaResult:
+        def handle(ctx: RequestContext) -> flight.SchemaResult:
+            plan = self.app.executor.plan(self._command(descriptor), ctx)
+            schema = self.app.executor.schema(plan)
+            self._log(ctx, plan.label, "ok", engine=plan.engine)
+            return flight.SchemaResult(schema)
+
+        return self._rpc("GetSchema", context, "schema", handle)
+
+    def do_get(self, context: flight.ServerCallContext, ticket: flight.Ticket) -> flight.FlightDataStream:
+        def handle(ctx: RequestContext) -> flight.FlightDataStream:
+            plan = self.app.executor.plan(parse_command(ticket.ticket), ctx)
+            result = self.app.executor.open(plan, ctx)
+            context.add_header("x-chrono-cache", result.cache)
+            context.add_header("x-chrono-query-id", plan.query_id)
+            return flight.GeneratorStream(result.schema, self._stream(ctx, result))
+
+        return self._rpc("DoGet", context, "get", handle)
+
+    def _stream(self, ctx: RequestContext, result: OpenResult) -> Iterator[Any]:
+        """First batch with the metadata, then the rest straight from the C++ reader."""
+        metadata = pa.py_buffer(_metadata_bytes(result.metadata()))
+        status = "cancelled"
+        try:
+            if result.table is not None:
+                batches = result.table.to_batches()
+                yield (batches[0] if batches else _empty_batch(result.schema)), metadata
+                if len(batches) > 1:
+                    yield pa.Table.from_batches(batches[1:], schema=result.schema)
+            else:
+                yield (result.first if result.first is not None else _empty_batch(result.schema)), metadata
+                if result.first is not None and result.running is not None:
+                    yield result.running.reader
+            status = "ok"
+        finally:
+            result.close()
+            self._log(ctx, result.plan.label, status, engine=result.plan.engine, cache=result.cache)
+
+    def list_flights(self, context: flight.ServerCallContext, criteria: bytes) -> Iterator[flight.FlightInfo]:
+        def handle(ctx: RequestContext) -> list[flight.FlightInfo]:
+            infos = []
+            for query in self.app.catalog:
+                descriptor = flight.FlightDescriptor.for_command(
+                    json.dumps({"query": query.name}).encode())
+                metadata = {"kind": "query", **query.describe()}
+                infos.append(flight.FlightInfo(
+                    self.app.executor.named_schema(query.name), descriptor, [], -1, -1,
+                    app_metadata=_metadata_bytes(metadata)))
+            counts = self.app.duckdb.row_counts()
+            for name, engine in sorted(self.app.registry.tables().items()):
+                schema = self.app.engines[engine].schema(f'SELECT * FROM "{name}"', None)
+                ticket = flight.Ticket(json.dumps({"dataset": name}).encode())
+                metadata = {"kind": "dataset", "name": name, "engine": engine, "rows": counts.get(name)}
+                infos.append(flight.FlightInfo(
+                    schema, flight.FlightDescriptor.for_path(name), [flight.FlightEndpoint(ticket, [])],
+                    counts.get(name, -1), -1, app_metadata=_metadata_bytes(metadata)))
+            self._log(ctx, "catalog", "ok", flights=len(infos))
+            return infos
+
+        return iter(self._rpc("ListFlights", context, "catalog", handle))
+
+    def list_actions(self, context: flight.ServerCallContext) -> list[tuple[str, str]]:
+        return [(spec.name, spec.description) for spec in ACTIONS.values()]
+
+    def do_action(self, context: flight.ServerCallContext, action: flight.Action) -> Iterator[bytes]:
+        def handle(ctx: RequestContext) -> list[bytes]:
+            spec = ACTIONS.get(action.type)
+            if spec is None:
+                raise NotFound(f"unknown action '{action.type:.60}'; ListActions shows them: "
+                               + ", ".join(ACTIONS))
+            body = action.body.to_pybytes() if action.body is not None else b""
+            result = spec.handler(self.app, ctx, body)
+            self._log(ctx, action.type, "ok")
+            return [json.dumps(result, default=str).encode()]
+
+        return iter(self._rpc("DoAction", context, action.type, handle))
+
+
+def _empty_batch(schema: pa.Schema) -> pa.RecordBatch:
+    return pa.RecordBatch.from_pylist([], schema=schema)

@@ -1,0 +1,84 @@
+"""Shared fixtures: a real Flight server on port 0 over real DuckDB with demo data."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.flight as flight
+import pytest
+
+from flight_server.app import App
+from flight_server.demo import generate_demo_data
+from flight_server.server import ChronoFlightServer
+from flight_server.settings import DuckDBSettings, Settings
+
+DEMO_ROWS = 200_000
+DEMO_SEED = 42
+
+
+@dataclass
+class ServerHandle:
+    app: App
+    server: ChronoFlightServer
+    location: str
+    client: flight.FlightClient
+    data_dir: Path
+
+    @property
+    def duckdb_path(self) -> Path:
+        return self.app.settings.duckdb_path
+
+    def run(self, command: dict[str, Any]) -> pa.Table:
+        """GetFlightInfo then DoGet of its ticket: the two-round-trip path."""
+        descriptor = flight.FlightDescriptor.for_command(json.dumps(command).encode())
+        info = self.client.get_flight_info(descriptor)
+        return self.client.do_get(info.endpoints[0].ticket).read_all()
+
+    def get(self, command: dict[str, Any]) -> pa.Table:
+        """DoGet with the command as its ticket: the one-round-trip path."""
+        return self.client.do_get(flight.Ticket(json.dumps(command).encode())).read_all()
+
+    def action(self, name: str, body: dict[str, Any] | None = None) -> Any:
+        payload = json.dumps(body).encode() if body is not None else b""
+        results = list(self.client.do_action(flight.Action(name, payload)))
+        return json.loads(results[0].body.to_pybytes())
+
+
+def start_server(data_dir: Path, rows: int = 0, **duckdb: Any) -> ServerHandle:
+    """A real server on a free port; `rows` > 0 fills the demo data first."""
+    settings = Settings(
+        data_dir=data_dir,
+        port=0,
+        log_format="text",
+        duckdb=DuckDBSettings(threads=2, memory_limit="2GB", **duckdb),
+    )
+
+    def prepare(con: Any) -> None:
+        if rows and not con.sql("SELECT count(*) FROM cdx_records").fetchall()[0][0]:
+            generate_demo_data(con, rows, seed=DEMO_SEED)
+
+    app = App(settings, prepare=prepare)
+    server = ChronoFlightServer(app, "grpc://127.0.0.1:0")
+    threading.Thread(target=server.serve, daemon=True).start()
+    location = f"grpc://127.0.0.1:{server.port}"
+    return ServerHandle(app, server, location, flight.connect(location), data_dir)
+
+
+def stop_server(handle: ServerHandle) -> None:
+    handle.client.close()
+    handle.server.shutdown()
+    handle.app.close()
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerHandle]:
+    """The shared server: demo data with 200,000 CDX rows, default settings."""
+    handle = start_server(tmp_path_factory.mktemp("data"), rows=DEMO_ROWS)
+    yield handle
+    stop_server(handle)
