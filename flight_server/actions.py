@@ -64,7 +64,7 @@ def health(app: App, ctx: RequestContext, body: bytes) -> dict[str, Any]:
 
 def explain(app: App, ctx: RequestContext, body: bytes) -> dict[str, Any]:
     if not body:
-        raise InvalidArgument("explain needs a command as its body, e.g. {\"query\": \"domains.top\"}")
+        raise InvalidArgument('explain needs a command as its body, e.g. {"query": "domains.top"}')
     plan = app.executor.plan(parse_command(body), ctx)
     return app.executor.explain(plan)
 
@@ -72,7 +72,7 @@ def explain(app: App, ctx: RequestContext, body: bytes) -> dict[str, Any]:
 def cancel(app: App, ctx: RequestContext, body: bytes) -> dict[str, Any]:
     query_id = _json_body(body).get("query_id")
     if not isinstance(query_id, str):
-        raise InvalidArgument("cancel needs {\"query_id\": \"...\"} (health lists active queries)")
+        raise InvalidArgument('cancel needs {"query_id": "..."} (health lists active queries)')
     if not app.running.cancel(query_id):
         raise NotFound(f"no running query with id '{query_id:.40}'")
     return {"cancelled": query_id}
@@ -81,8 +81,12 @@ def cancel(app: App, ctx: RequestContext, body: bytes) -> dict[str, Any]:
 ACTIONS: dict[str, ActionSpec] = {
     spec.name: spec
     for spec in (
-        ActionSpec("health", "Diagnostics as JSON: engines, active queries, requests, memory, warnings.", health),
-        ActionSpec("explain", "Body: a command. The routing decision, final SQL and the engine's plan.", explain),
-        ActionSpec("query.cancel", "Body: {\"query_id\": ...}. Interrupt a running query.", cancel),
+        ActionSpec(
+            "health", "Diagnostics as JSON: engines, active queries, requests, memory, warnings.", health
+        ),
+        ActionSpec(
+            "explain", "Body: a command. The routing decision, final SQL and the engine's plan.", explain
+        ),
+        ActionSpec("query.cancel", 'Body: {"query_id": ...}. Interrupt a running query.', cancel),
     )
 }

@@ -142,15 +142,15 @@ class NamedQuery:
         unknown = sorted(set(raw) - known)
         if unknown:
             listing = ", ".join(sorted(known)) or "none"
-            raise InvalidArgument(
-                f"unknown parameter '{unknown[0]}' for {self.name}; it takes: {listing}"
-            )
+            raise InvalidArgument(f"unknown parameter '{unknown[0]}' for {self.name}; it takes: {listing}")
         bound: dict[str, Any] = {}
         for param in self.params:
             if param.name in raw and raw[param.name] is not None:
                 bound[param.name] = param.convert(raw[param.name])
             elif param.required:
-                raise InvalidArgument(f"missing required parameter '{param.name}' ({param.type}) for {self.name}")
+                raise InvalidArgument(
+                    f"missing required parameter '{param.name}' ({param.type}) for {self.name}"
+                )
             else:
                 bound[param.name] = param.default
         return bound

@@ -24,8 +24,12 @@ err = Console(stderr=True)
 def _progress() -> Iterator[Callable[[str, int, int], None]]:
     """A progress callback drawing one bar per step on stderr."""
     with Progress(
-        TextColumn("{task.description:<22}"), BarColumn(), TextColumn("{task.percentage:>5.1f}%"),
-        TimeElapsedColumn(), console=err, transient=False,
+        TextColumn("{task.description:<22}"),
+        BarColumn(),
+        TextColumn("{task.percentage:>5.1f}%"),
+        TimeElapsedColumn(),
+        console=err,
+        transient=False,
     ) as bar:
         tasks: dict[str, TaskID] = {}
 
@@ -43,8 +47,9 @@ def _fill_demo(con: duckdb.DuckDBPyConnection, rows: int, seed: int, only_if_emp
     if only_if_empty:
         existing = con.sql("SELECT count(*) FROM cdx_records").fetchall()[0][0]
         if existing:
-            logger.info("demo data not generated: cdx_records already has rows",
-                        extra={"fields": {"rows": existing}})
+            logger.info(
+                "demo data not generated: cdx_records already has rows", extra={"fields": {"rows": existing}}
+            )
             return
     with _progress() as progress:
         summary = generate_demo_data(con, rows, seed=seed, progress=progress)
@@ -102,7 +107,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", help="start the Flight server")
-    serve.add_argument("--demo", action="store_true", help="fill an empty data directory with demo data first")
+    serve.add_argument(
+        "--demo", action="store_true", help="fill an empty data directory with demo data first"
+    )
     serve.add_argument("--rows", type=int, default=1_000_000, help="demo CDX rows (with --demo)")
     serve.add_argument("--seed", type=int, default=42, help="demo data seed (with --demo)")
     serve.set_defaults(func=cmd_serve)
@@ -115,8 +122,14 @@ def build_parser() -> argparse.ArgumentParser:
     query = sub.add_parser("query", help="run SQL or a named query against a server and print it")
     query.add_argument("sql", nargs="?", help="SQL text (read-only); omit with --name")
     query.add_argument("--name", help="named query, e.g. domains.top")
-    query.add_argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE",
-                       help="parameter of a named query (repeatable); for SQL, values for $1, $2, ...")
+    query.add_argument(
+        "-p",
+        "--param",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="parameter of a named query (repeatable); for SQL, values for $1, $2, ...",
+    )
     query.add_argument("--format", choices=["table", "csv", "json", "parquet"], default="table")
     query.add_argument("--output", "-o", help="write to this file instead of standard output")
     query.add_argument("--url", help="server URL (default grpc://FLIGHT_HOST:FLIGHT_PORT)")
@@ -132,8 +145,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging(settings.log_level, settings.log_format if args.command == "serve" else "text")
     if args.command != "serve":
         logging.getLogger().setLevel(max(logging.WARNING, logging.getLogger().level))
-    result: int = args.func(args, settings)
-    return result
+    return int(args.func(args, settings))
 
 
 if __name__ == "__main__":

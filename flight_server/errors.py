@@ -63,7 +63,7 @@ class InternalError(ChronoError):
     status = "internal"
 
 
-_FLIGHT_ERRORS: dict[str, type[flight.FlightError]] = {
+_FLIGHT_ERRORS: dict[str, type[BaseException]] = {
     "unauthenticated": flight.FlightUnauthenticatedError,
     "permission_denied": flight.FlightUnauthorizedError,
     "unavailable": flight.FlightUnavailableError,
@@ -108,14 +108,17 @@ def to_flight_error(exc: BaseException) -> BaseException:
     server error whose message starts with the status name.
     """
     if isinstance(exc, flight.FlightError):
-        return exc
+        return exc  # type: ignore[no-any-return]
     if isinstance(exc, ChronoError):
         if exc.status == "invalid_argument":
             return _InvalidArgumentStatus(exc.message)
         if exc.status == "not_found":
             return _NotFoundStatus(exc.message)
         if exc.status == "resource_exhausted":
-            return flight.FlightServerError(f"RESOURCE_EXHAUSTED: {exc.message}")
-        return _FLIGHT_ERRORS[exc.status](exc.message)
+            exhausted: BaseException = flight.FlightServerError(f"RESOURCE_EXHAUSTED: {exc.message}")
+            return exhausted
+        error: BaseException = _FLIGHT_ERRORS[exc.status](exc.message)
+        return error
     logger.error("unexpected error at the RPC boundary", exc_info=exc)
-    return flight.FlightInternalError("internal error; the server logged the details")
+    internal: BaseException = flight.FlightInternalError("internal error; the server logged the details")
+    return internal

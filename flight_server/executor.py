@@ -123,20 +123,40 @@ class QueryExecutor:
             named = self.catalog.get(command.target)
             params: Any = named.bind(command.params if isinstance(command.params, dict) else {})
             route = self.router.route(named.tables, command.engine, declared=named.engine)
-            return Plan(command, named.name, route.engine, route.reason, named.sql, params,
-                        named.tables, named.ttl_s, ctx.query_id, named)
+            return Plan(
+                command,
+                named.name,
+                route.engine,
+                route.reason,
+                named.sql,
+                params,
+                named.tables,
+                named.ttl_s,
+                ctx.query_id,
+                named,
+            )
         if command.kind == "dataset":
             name = command.target.lower()
             if not self.router.registry.has(name):
                 raise NotFound(f"unknown dataset '{command.target:.80}'; ListFlights shows the datasets")
             route = self.router.route([name], command.engine)
-            return Plan(command, name, route.engine, route.reason, f'SELECT * FROM "{name}"', None,
-                        (name,), 60, ctx.query_id)
+            return Plan(
+                command,
+                name,
+                route.engine,
+                route.reason,
+                f'SELECT * FROM "{name}"',
+                None,
+                (name,),
+                60,
+                ctx.query_id,
+            )
         checked = check_read_only(command.target, self.router.registry.has, self._syntax_error)
         route = self.router.route(checked.tables, command.engine)
         params = command.params if command.params else None
-        return Plan(command, "sql", route.engine, route.reason, checked.sql, params, checked.tables,
-                    60, ctx.query_id)
+        return Plan(
+            command, "sql", route.engine, route.reason, checked.sql, params, checked.tables, 60, ctx.query_id
+        )
 
     def schema(self, plan: Plan) -> pa.Schema:
         if plan.named is not None and plan.named.name in self._named_schemas:
@@ -155,8 +175,9 @@ class QueryExecutor:
 
     def _key(self, plan: Plan, ctx: RequestContext) -> CacheKey:
         versions = self.cache.versions(plan.tables)
-        return cache_key(plan.sql, plan.params, plan.engine, ctx.caller.scope, versions,
-                         plan.tables, plan.ttl_s)
+        return cache_key(
+            plan.sql, plan.params, plan.engine, ctx.caller.scope, versions, plan.tables, plan.ttl_s
+        )
 
     def cache_status(self, plan: Plan, ctx: RequestContext) -> str:
         """What the cache would answer for this plan now (for FlightInfo)."""

@@ -42,7 +42,7 @@ class TextFormatter(logging.Formatter):
             text += " " + " ".join(f"{k}={v}" for k, v in fields.items())
         return text
 
-    def formatException(self, ei: Any) -> str:  # noqa: N802 - logging's name
+    def formatException(self, ei: Any) -> str:
         return "".join(_format_exception(ei[1]))
 
 

@@ -56,10 +56,12 @@ class Router:
 
     def route(self, tables: Iterable[str], hint: str = "auto", declared: str | None = None) -> Route:
         tables = list(tables)
-        owners = {t: self.registry.owner(t) for t in tables}
-        missing = [t for t, owner in owners.items() if owner is None]
-        if missing:
-            raise InvalidArgument(f"unknown table '{missing[0]}'; no engine has it")
+        owners: dict[str, str] = {}
+        for table in tables:
+            owner = self.registry.owner(table)
+            if owner is None:
+                raise InvalidArgument(f"unknown table '{table}'; no engine has it")
+            owners[table] = owner
         needed = set(owners.values()) | ({declared} if declared else set())
         if hint != "auto":
             self._require(hint)

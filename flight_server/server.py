@@ -43,8 +43,9 @@ class ChronoFlightServer(flight.FlightServerBase):  # type: ignore[misc]
 
     # -- plumbing --------------------------------------------------------------------
 
-    def _rpc(self, rpc: str, call_ctx: flight.ServerCallContext, label: str,
-             handler: Callable[[RequestContext], T]) -> T:
+    def _rpc(
+        self, rpc: str, call_ctx: flight.ServerCallContext, label: str, handler: Callable[[RequestContext], T]
+    ) -> T:
         ctx = RequestContext(rpc=rpc, peer=call_ctx.peer() if call_ctx else "")
         try:
             result = handler(ctx)
@@ -58,8 +59,16 @@ class ChronoFlightServer(flight.FlightServerBase):  # type: ignore[misc]
         self.app.stats.record(ctx.rpc, status)
         logger.info(
             "request",
-            extra={"fields": {"rpc": ctx.rpc, "query_id": ctx.query_id, "route": label,
-                              "status": status, "ms": round(ctx.elapsed_ms(), 3), **fields}},
+            extra={
+                "fields": {
+                    "rpc": ctx.rpc,
+                    "query_id": ctx.query_id,
+                    "route": label,
+                    "status": status,
+                    "ms": round(ctx.elapsed_ms(), 3),
+                    **fields,
+                }
+            },
         )
 
     def _command(self, descriptor: flight.FlightDescriptor) -> Command:
@@ -71,8 +80,9 @@ class ChronoFlightServer(flight.FlightServerBase):  # type: ignore[misc]
 
     # -- RPCs --------------------------------------------------------------------------
 
-    def get_flight_info(self, context: flight.ServerCallContext,
-                        descriptor: flight.FlightDescriptor) -> flight.FlightInfo:
+    def get_flight_info(
+        self, context: flight.ServerCallContext, descriptor: flight.FlightDescriptor
+    ) -> flight.FlightInfo:
         def handle(ctx: RequestContext) -> flight.FlightInfo:
             command = self._command(descriptor)
             plan = self.app.executor.plan(command, ctx)
@@ -80,13 +90,20 @@ class ChronoFlightServer(flight.FlightServerBase):  # type: ignore[misc]
             ticket = flight.Ticket(plan.command.to_json())
             metadata = plan.metadata(self.app.executor.cache_status(plan, ctx))
             self._log(ctx, plan.label, "ok", engine=plan.engine)
-            return flight.FlightInfo(schema, descriptor, [flight.FlightEndpoint(ticket, [])],
-                                     -1, -1, app_metadata=_metadata_bytes(metadata))
+            return flight.FlightInfo(
+                schema,
+                descriptor,
+                [flight.FlightEndpoint(ticket, [])],
+                -1,
+                -1,
+                app_metadata=_metadata_bytes(metadata),
+            )
 
         return self._rpc("GetFlightInfo", context, "info", handle)
 
-    def get_schema(self, context: flight.ServerCallContext,
-                   descriptor: flight.FlightDescriptor) -> flight.SchemaResult:
+    def get_schema(
+        self, context: flight.ServerCallContext, descriptor: flight.FlightDescriptor
+    ) -> flight.SchemaResult:
         def handle(ctx: RequestContext) -> flight.SchemaResult:
             plan = self.app.executor.plan(self._command(descriptor), ctx)
             schema = self.app.executor.schema(plan)
@@ -128,20 +145,33 @@ class ChronoFlightServer(flight.FlightServerBase):  # type: ignore[misc]
         def handle(ctx: RequestContext) -> list[flight.FlightInfo]:
             infos = []
             for query in self.app.catalog:
-                descriptor = flight.FlightDescriptor.for_command(
-                    json.dumps({"query": query.name}).encode())
+                descriptor = flight.FlightDescriptor.for_command(json.dumps({"query": query.name}).encode())
                 metadata = {"kind": "query", **query.describe()}
-                infos.append(flight.FlightInfo(
-                    self.app.executor.named_schema(query.name), descriptor, [], -1, -1,
-                    app_metadata=_metadata_bytes(metadata)))
+                infos.append(
+                    flight.FlightInfo(
+                        self.app.executor.named_schema(query.name),
+                        descriptor,
+                        [],
+                        -1,
+                        -1,
+                        app_metadata=_metadata_bytes(metadata),
+                    )
+                )
             counts = self.app.duckdb.row_counts()
             for name, engine in sorted(self.app.registry.tables().items()):
                 schema = self.app.engines[engine].schema(f'SELECT * FROM "{name}"', None)
                 ticket = flight.Ticket(json.dumps({"dataset": name}).encode())
                 metadata = {"kind": "dataset", "name": name, "engine": engine, "rows": counts.get(name)}
-                infos.append(flight.FlightInfo(
-                    schema, flight.FlightDescriptor.for_path(name), [flight.FlightEndpoint(ticket, [])],
-                    counts.get(name, -1), -1, app_metadata=_metadata_bytes(metadata)))
+                infos.append(
+                    flight.FlightInfo(
+                        schema,
+                        flight.FlightDescriptor.for_path(name),
+                        [flight.FlightEndpoint(ticket, [])],
+                        counts.get(name, -1),
+                        -1,
+                        app_metadata=_metadata_bytes(metadata),
+                    )
+                )
             self._log(ctx, "catalog", "ok", flights=len(infos))
             return infos
 
@@ -154,8 +184,9 @@ class ChronoFlightServer(flight.FlightServerBase):  # type: ignore[misc]
         def handle(ctx: RequestContext) -> list[bytes]:
             spec = ACTIONS.get(action.type)
             if spec is None:
-                raise NotFound(f"unknown action '{action.type:.60}'; ListActions shows them: "
-                               + ", ".join(ACTIONS))
+                raise NotFound(
+                    f"unknown action '{action.type:.60}'; ListActions shows them: " + ", ".join(ACTIONS)
+                )
             body = action.body.to_pybytes() if action.body is not None else b""
             result = spec.handler(self.app, ctx, body)
             self._log(ctx, action.type, "ok")

@@ -41,9 +41,7 @@ class DuckDBSettings(BaseModel):
     query_deadline_s: float = Field(
         60.0, gt=0, description="seconds a query may run before it is interrupted (TIMED_OUT)"
     )
-    batch_rows: int = Field(
-        131_072, ge=1024, description="rows per Arrow record batch streamed to clients"
-    )
+    batch_rows: int = Field(131_072, ge=1024, description="rows per Arrow record batch streamed to clients")
 
 
 class Settings(BaseSettings):
@@ -53,12 +51,8 @@ class Settings(BaseSettings):
 
     host: str = Field("127.0.0.1", description="bind address of the Flight server")
     port: int = Field(8815, ge=0, le=65535, description="Flight port (0 picks a free port)")
-    data_dir: Path = Field(
-        Path("./data"), description="DuckDB file, Parquet datasets and spill directory"
-    )
-    schemas_dir: Path = Field(
-        PROJECT_ROOT / "schemas", description="table DDL and the named-query catalogue"
-    )
+    data_dir: Path = Field(Path("./data"), description="DuckDB file, Parquet datasets and spill directory")
+    schemas_dir: Path = Field(PROJECT_ROOT / "schemas", description="table DDL and the named-query catalogue")
     log_level: str = Field("INFO", description="log level: DEBUG, INFO, WARNING or ERROR")
     log_format: str = Field("json", description="log format: json (one object a line) or text")
     duckdb: DuckDBSettings = Field(default_factory=DuckDBSettings)  # type: ignore[arg-type]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import sqlglot
 from sqlglot import exp
@@ -33,10 +34,38 @@ _FORBIDDEN_FUNCTION = re.compile(
 _FORBIDDEN_NODES: tuple[type[exp.Expression], ...] = tuple(
     getattr(exp, name)
     for name in (
-        "Insert", "Update", "Delete", "Merge", "Create", "Drop", "Alter", "TruncateTable",
-        "Command", "Pragma", "Set", "Copy", "Attach", "Detach", "Install", "Use", "Into",
-        "Describe", "Show", "Summarize", "Transaction", "Commit", "Rollback", "LoadData",
-        "Export", "Analyze", "Grant", "Revoke", "Comment", "Cache", "Uncache", "Refresh",
+        "Insert",
+        "Update",
+        "Delete",
+        "Merge",
+        "Create",
+        "Drop",
+        "Alter",
+        "TruncateTable",
+        "Command",
+        "Pragma",
+        "Set",
+        "Copy",
+        "Attach",
+        "Detach",
+        "Install",
+        "Use",
+        "Into",
+        "Describe",
+        "Show",
+        "Summarize",
+        "Transaction",
+        "Commit",
+        "Rollback",
+        "LoadData",
+        "Export",
+        "Analyze",
+        "Grant",
+        "Revoke",
+        "Comment",
+        "Cache",
+        "Uncache",
+        "Refresh",
     )
     if hasattr(exp, name)
 )
@@ -53,7 +82,7 @@ class CheckedQuery:
     placeholders: int
 
 
-def _function_name(node: exp.Expression) -> str:
+def _function_name(node: Any) -> str:
     if isinstance(node, exp.Anonymous):
         return str(node.name)
     return str(node.sql_name() if isinstance(node, exp.Func) else node.key).lower()

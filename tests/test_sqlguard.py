@@ -27,8 +27,10 @@ def known(name: str) -> bool:
         ("SELECT 1 UNION ALL SELECT 2", ()),
         ("VALUES (1), (2)", ()),
         ("SELECT * FROM range(10)", ()),
-        ("SELECT a.domain FROM cdx_records a JOIN content_analytics b ON a.id = b.page_id",
-         ("cdx_records", "content_analytics")),
+        (
+            "SELECT a.domain FROM cdx_records a JOIN content_analytics b ON a.id = b.page_id",
+            ("cdx_records", "content_analytics"),
+        ),
         ("SELECT (SELECT max(value) FROM performance_metrics) AS m", ("performance_metrics",)),
     ],
 )
@@ -79,9 +81,17 @@ def test_sqlguard_prefers_the_engine_parser_message() -> None:
         check_read_only("selec 1", known, syntax_error=lambda sql: "engine says no")
 
 
-@given(st.sampled_from(["INSERT INTO cdx_records VALUES (1)", "DROP TABLE cdx_records",
-                        "COPY cdx_records TO 'x'", "SET threads = 1"]),
-       st.sampled_from(["SELECT 1", "SELECT * FROM cdx_records"]))
+@given(
+    st.sampled_from(
+        [
+            "INSERT INTO cdx_records VALUES (1)",
+            "DROP TABLE cdx_records",
+            "COPY cdx_records TO 'x'",
+            "SET threads = 1",
+        ]
+    ),
+    st.sampled_from(["SELECT 1", "SELECT * FROM cdx_records"]),
+)
 def test_sqlguard_never_passes_a_write_hidden_among_statements(write: str, read: str) -> None:
     for script in (f"{read}; {write}", f"{write}; {read}", f"{read};\n{write};"):
         with pytest.raises(InvalidArgument):

@@ -96,7 +96,9 @@ class DuckDBEngine:
 
     # -- Engine interface -------------------------------------------------------------
 
-    def execute(self, sql: str, params: Params, *, query_id: str, deadline_s: float | None = None) -> QueryResult:
+    def execute(
+        self, sql: str, params: Params, *, query_id: str, deadline_s: float | None = None
+    ) -> QueryResult:
         cursor = self._db.cursor()
         running = RunningQuery(
             query_id=query_id,
