@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.flight as flight
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from conftest import ServerHandle, start_server, stop_server
 
 
@@ -295,3 +298,34 @@ def test_server_cancel_action_interrupts_a_running_query(tmp_path: Path) -> None
         assert handle.get({"sql": "SELECT 1 AS one"}).num_rows == 1
     finally:
         stop_server(handle)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(value=st.text(max_size=60))
+def test_server_any_text_parameter_round_trips_as_data(server: ServerHandle, value: str) -> None:
+    table = server.get({"sql": "SELECT $1::VARCHAR AS v, length($1::VARCHAR) AS n", "params": [value]})
+    assert table.column("v")[0].as_py() == value
+    assert table.column("n")[0].as_py() == len(value)
+
+
+def test_server_concurrent_requests_each_get_their_own_answer(server: ServerHandle) -> None:
+    domains = [r["domain"] for r in server.run({"query": "domains.top", "params": {"limit": 16}}).to_pylist()]
+    expected = {
+        d: server.get({"sql": "SELECT count(*) AS n FROM cdx_records WHERE domain = $1", "params": [d]})
+        .column("n")[0]
+        .as_py()
+        for d in domains
+    }
+
+    def count(domain: str) -> tuple[str, int]:
+        client = flight.connect(server.location)
+        try:
+            command = {"query": "domains.statistics", "params": {"domain": domain}}
+            table = client.do_get(flight.Ticket(json.dumps(command).encode())).read_all()
+            return domain, table.column("total_captures")[0].as_py()
+        finally:
+            client.close()
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        results = dict(pool.map(count, domains * 4))
+    assert results == expected
