@@ -9,8 +9,9 @@ import sys
 import pyarrow.flight as flight
 import pytest
 
-from conftest import ServerHandle
 from flight_server.logs import JsonFormatter
+
+from conftest import ServerHandle
 
 
 def test_logs_one_json_line_per_request_with_query_id(

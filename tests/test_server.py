@@ -12,6 +12,7 @@ import pyarrow.flight as flight
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
 from conftest import ServerHandle, start_server, stop_server
 
 
