@@ -10,12 +10,12 @@ usual mime-type and status-code mix, and log-normal sizes.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import logging
 import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from functools import lru_cache
 from typing import Final
 
@@ -168,7 +168,7 @@ WITH pages AS (
     SELECT *, round(content_size / (5.4 + 1.2 * _demo_u(i, 23)))::INTEGER AS word_count FROM sized
 )
 SELECT id AS page_id, project_id, extraction_method,
-    (exp(0.5 * _demo_z(i, 24)) * (1 + content_size / 40000) * CASE extraction_method
+    (exp(0.5 * _demo_z(i, 24)) * (1 + content_size / 40000.0) * CASE extraction_method
         WHEN 'trafilatura' THEN 0.15 WHEN 'readability' THEN 0.08 WHEN 'newspaper' THEN 0.45
         WHEN 'beautifulsoup' THEN 0.05 ELSE 1.8 END)::FLOAT AS processing_time,
     content_size, word_count, round(word_count * (0.01 + 0.04 * _demo_u(i, 25)))::INTEGER AS entity_count,
@@ -178,7 +178,7 @@ SELECT id AS page_id, project_id, extraction_method,
          WHEN _demo_u(i, 26) < 0.88 THEN 'pt' WHEN _demo_u(i, 26) < 0.92 THEN 'ja'
          WHEN _demo_u(i, 26) < 0.95 THEN 'zh' WHEN _demo_u(i, 26) < 0.98 THEN 'ru'
          WHEN _demo_u(i, 26) < 0.99 THEN 'pl' ELSE 'sv' END AS language,
-    greatest(0.0, least(1.0, 0.04 * ln(word_count / 500) + 0.07 * _demo_z(i, 27) + CASE extraction_method
+    greatest(0.0, least(1.0, 0.04 * ln(word_count / 500.0) + 0.07 * _demo_z(i, 27) + CASE extraction_method
         WHEN 'trafilatura' THEN 0.78 WHEN 'readability' THEN 0.72 WHEN 'newspaper' THEN 0.68
         WHEN 'beautifulsoup' THEN 0.52 ELSE 0.83 END))::FLOAT AS quality_score,
     created_at + to_seconds(60 + floor(pow(_demo_u(i, 28), 2) * 259200)) AS created_at,
@@ -194,7 +194,7 @@ WITH slots AS (
         make_timestamp(($start_s + (i // $n_types) * $slot_s) * 1000000) AS ts
     FROM range(0, $n_slots * $n_types) AS r(i)
 ), shaped AS (
-    SELECT *, 0.5 + 0.5 * sin(2 * pi() * (hour(ts) + minute(ts) / 60 - 8) / 24) AS load,
+    SELECT *, 0.5 + 0.5 * sin(2 * pi() * (hour(ts) + minute(ts) / 60.0 - 8) / 24) AS load,
         CASE WHEN dayofweek(ts) IN (0, 6) THEN 0.7 ELSE 1.0 END AS weekday,
         CASE WHEN metric_type = 'query_time_ms' AND _demo_u(i, 41) < 0.35 THEN 'postgres'
              ELSE 'duckdb' END AS engine
@@ -206,7 +206,7 @@ SELECT 'pm-' || lpad(slot::VARCHAR, 5, '0') || '-' || metric_type AS metric_id, 
             * exp(0.35 * _demo_z(i, 42)) * (CASE WHEN _demo_u(i, 43) < 0.005 THEN 12 ELSE 1 END)
         WHEN 'cpu_percent' THEN greatest(1, least(100, 15 + 50 * load * weekday + 6 * _demo_z(i, 42)))
         WHEN 'memory_percent' THEN greatest(1, least(100, 52 + 12 * load + 2 * _demo_z(i, 42)))
-        WHEN 'disk_percent' THEN 61 + 9 * slot / $n_slots + 0.2 * _demo_z(i, 42)
+        WHEN 'disk_percent' THEN 61 + 9.0 * slot / $n_slots + 0.2 * _demo_z(i, 42)
         WHEN 'cache_hit_ratio' THEN greatest(0, least(1, 0.94 - 0.06 * load + 0.015 * _demo_z(i, 42)))
         WHEN 'requests_per_second' THEN 140 * (0.25 + load) * weekday * exp(0.15 * _demo_z(i, 42))
         ELSE greatest(0, 0.002 + 0.004 * load + 0.001 * _demo_z(i, 42))
@@ -216,9 +216,14 @@ SELECT 'pm-' || lpad(slot::VARCHAR, 5, '0') || '-' || metric_type AS metric_id, 
     ts AS timestamp, 90 AS retention_days
 FROM shaped
 """
+_SUMMARY_SQL: Final = """
+SELECT (SELECT count(*) FROM cdx_records), (SELECT count(*) FROM content_analytics),
+    (SELECT count(*) FROM performance_metrics), count(DISTINCT project_id), count(DISTINCT domain)
+FROM cdx_records
+"""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclasses.dataclass(frozen=True, slots=True)
 class DemoSummary:
     """What `generate_demo_data` wrote: rows per table, projects and domains present."""
 
@@ -253,11 +258,8 @@ def _domains(seed: int) -> tuple[tuple[str, str], ...]:
         else:
             name = f"{pick(_TOPICS)}-{pick(_KINDS)}-{rank}.{weighted(list(_TLDS))}"
         # The first twelve domains go one to each project, so no project is empty.
-        if rank <= len(DEMO_PROJECTS):
-            project = DEMO_PROJECTS[rank - 1][0]
-        else:
-            project = weighted(project_weights)
-        result.append((name, project))
+        own = DEMO_PROJECTS[rank - 1][0] if rank <= len(DEMO_PROJECTS) else weighted(project_weights)
+        result.append((name, own))
     return tuple(result)
 
 
@@ -273,11 +275,6 @@ def _epoch_seconds(day: datetime.date) -> int:
     return int(datetime.datetime.combine(day, datetime.time(), datetime.UTC).timestamp())
 
 
-def _count(con: duckdb.DuckDBPyConnection, sql: str) -> int:
-    row = con.execute(sql).fetchone()
-    return int(row[0]) if row is not None else 0
-
-
 def generate_demo_data(
     con: duckdb.DuckDBPyConnection,
     rows: int = 1_000_000,
@@ -290,14 +287,15 @@ def generate_demo_data(
 
     The tables must exist (schemas/duckdb.sql). Captures span 1996-01-01 to `end_date`
     (inclusive, default today UTC); metrics cover the 30 days ending with `end_date`.
-    Everything runs in one transaction: on any error, including one raised by `progress`
-    (called as `progress(step, done, total)` after each chunk), the old data stays.
+    Everything runs in one transaction, so `con` must not be inside one: on any error,
+    including one raised by `progress` (called as `progress(step, done, total)` after
+    each chunk), the old data stays.
     """
     if rows < 0:
         raise ValueError(f"rows must be >= 0, got {rows}")
     if not -(2**63) <= seed < 2**63:
         raise ValueError("seed must fit in a signed 64-bit integer")
-    end = end_date or datetime.datetime.now(datetime.UTC).date()
+    end = end_date if end_date is not None else datetime.datetime.now(datetime.UTC).date()
     if end < FIRST_CAPTURE_DATE:
         raise ValueError(f"end_date must not be before {FIRST_CAPTURE_DATE}, got {end}")
     end_s = _epoch_seconds(end + datetime.timedelta(days=1))
@@ -327,7 +325,7 @@ def generate_demo_data(
             con.execute(_CDX_CHUNK_SQL, params)
             con.execute(_CDX_INSERT_SQL)
             con.execute(_CONTENT_SQL)
-            logger.debug("demo data: %d of %d captures", hi, rows)
+            logger.debug("demo data chunk", extra={"fields": {"done": hi, "total": rows}})
             if progress is not None:
                 progress("cdx_records", hi, rows)
         metric_params: dict[str, object] = {
@@ -342,21 +340,11 @@ def generate_demo_data(
             progress("performance_metrics", n_metrics, n_metrics)
         for statement in _CLEANUP:
             con.execute(statement)
-        counts = {
-            table: _count(con, f"SELECT count(*) FROM {table}")
-            for table in ("cdx_records", "content_analytics", "performance_metrics")
-        }
-        projects = _count(con, "SELECT count(DISTINCT project_id) FROM cdx_records")
-        domains_present = _count(con, "SELECT count(DISTINCT domain) FROM cdx_records")
+        cdx, content, metrics, projects, present = (int(n) for n in con.execute(_SUMMARY_SQL).fetchall()[0])
         con.execute("COMMIT")
     except BaseException:
         con.execute("ROLLBACK")
         raise
-    summary = DemoSummary(
-        **counts,
-        projects=projects,
-        domains=domains_present,
-        seconds=round(time.perf_counter() - started, 3),
-    )
-    logger.info("demo data generated: %s", summary)
+    summary = DemoSummary(cdx, content, metrics, projects, present, time.perf_counter() - started)
+    logger.info("demo data generated", extra={"fields": dataclasses.asdict(summary)})
     return summary
