@@ -121,6 +121,10 @@ class Parameter:
             out["default"] = _jsonable(self.default)
         if self.choices:
             out["choices"] = list(self.choices)
+        if self.minimum is not None:
+            out["minimum"] = self.minimum
+        if self.maximum is not None:
+            out["maximum"] = self.maximum
         out["description"] = self.description
         return out
 

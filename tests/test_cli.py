@@ -1,0 +1,129 @@
+"""The `flight-server` command as a user runs it: demo-data, serve --demo, query."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+BIN = Path(sys.executable).parent / "flight-server"
+
+
+def _env(data_dir: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FLIGHT_")}
+    env.update(
+        {
+            "FLIGHT_DATA_DIR": str(data_dir),
+            "FLIGHT_PORT": "0",
+            "FLIGHT_DUCKDB__THREADS": "2",
+            "FLIGHT_DUCKDB__MEMORY_LIMIT": "1GB",
+            "FLIGHT_LOG_FORMAT": "text",
+            **extra,
+        }
+    )
+    return env
+
+
+def _cli(*args: str, env: dict[str, str], check: bool = True) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run([str(BIN), *args], env=env, capture_output=True, text=True, timeout=120)
+    if check:
+        assert result.returncode == 0, result.stderr
+    return result
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, dict[str, str]]]:
+    """`flight-server serve --demo --rows 20000` on an empty data directory."""
+    data_dir = tmp_path_factory.mktemp("cli-data")
+    env = _env(data_dir)
+    proc = subprocess.Popen(
+        [str(BIN), "serve", "--demo", "--rows", "20000"],
+        env=env,
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        text=True,
+    )
+    assert proc.stderr is not None
+    url = None
+    deadline = time.monotonic() + 90
+    lines = []
+    while time.monotonic() < deadline and url is None:
+        line = proc.stderr.readline()
+        if not line and proc.poll() is not None:
+            break
+        lines.append(line)
+        match = re.search(r"listening on (grpc://\S+)", line)
+        url = match.group(1) if match else None
+    assert url, "server did not start:\n" + "".join(lines)
+    yield url, env
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=30)
+
+
+def test_cli_serve_demo_fills_empty_data_directory(served: tuple[str, dict[str, str]]) -> None:
+    url, env = served
+    out = _cli("query", "--url", url, "SELECT count(*) AS n FROM cdx_records", "--format", "json", env=env)
+    assert json.loads(out.stdout) == [{"n": 20000}]
+
+
+def test_cli_query_named_as_csv(served: tuple[str, dict[str, str]]) -> None:
+    url, env = served
+    out = _cli("query", "--url", url, "--name", "domains.top", "-p", "limit=3", "--format", "csv", env=env)
+    rows = list(csv.DictReader(io.StringIO(out.stdout)))
+    assert len(rows) == 3
+    assert rows[0]["domain"] == "example.com"
+
+
+def test_cli_query_sql_params_and_table_output(served: tuple[str, dict[str, str]]) -> None:
+    url, env = served
+    out = _cli("query", "--url", url, "SELECT $1 AS d, $2 + 1 AS n", "-p", "example.com", "-p", "41", env=env)
+    assert "example.com" in out.stdout and "42" in out.stdout
+    assert "1 rows" in out.stdout
+
+
+def test_cli_query_parquet_to_file(served: tuple[str, dict[str, str]], tmp_path: Path) -> None:
+    url, env = served
+    target = tmp_path / "top.parquet"
+    _cli(
+        "query",
+        "--url",
+        url,
+        "--name",
+        "domains.top",
+        "-p",
+        "limit=7",
+        "--format",
+        "parquet",
+        "-o",
+        str(target),
+        env=env,
+    )
+    assert pq.read_table(target).num_rows == 7
+
+
+def test_cli_query_error_is_one_line_with_status(served: tuple[str, dict[str, str]]) -> None:
+    url, env = served
+    out = _cli("query", "--url", url, "--name", "domains.tpo", env=env, check=False)
+    assert out.returncode == 2
+    assert "domains.top" in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_cli_demo_data_regenerates_with_progress(tmp_path: Path) -> None:
+    env = _env(tmp_path)
+    out = _cli("demo-data", "--rows", "15000", env=env)
+    assert "15,000 CDX records" in out.stderr
+    out = _cli("demo-data", "--rows", "12000", "--seed", "7", env=env)
+    assert "12,000 CDX records" in out.stderr
+    assert (tmp_path / "analytics.duckdb").exists()
