@@ -59,6 +59,10 @@ class ResultCache(Protocol):
 
     def store(self, key: CacheKey, table: pa.Table) -> None: ...
 
+    def bump(self, tables: Iterable[str]) -> None:
+        """New data in these tables: every cached result that read them is stale."""
+        ...
+
     def stats(self) -> dict[str, Any]: ...
 
 
@@ -72,6 +76,9 @@ class NoResultCache:
         return None, "bypass"
 
     def store(self, key: CacheKey, table: pa.Table) -> None:
+        return None
+
+    def bump(self, tables: Iterable[str]) -> None:
         return None
 
     def stats(self) -> dict[str, Any]:

@@ -44,6 +44,47 @@ class DuckDBSettings(BaseModel):
     batch_rows: int = Field(131_072, ge=1024, description="rows per Arrow record batch streamed to clients")
 
 
+class CacheSettings(BaseModel):
+    l1_ttl_s: float = Field(300.0, ge=0, description="seconds an in-memory (L1) result lives at most")
+    l1_max_entries: int = Field(500, ge=0, description="most results held in memory (L1); 0 turns L1 off")
+    l1_max_bytes: int = Field(512 * 1024 * 1024, ge=0, description="most Arrow bytes held in memory (L1)")
+    max_entry_bytes: int = Field(
+        64 * 1024 * 1024, ge=0, description="larger results are not cached and stream straight through"
+    )
+    warm_top_n: int = Field(
+        8, ge=0, description="most used named queries re-run after start-up and invalidation; 0 = off"
+    )
+    warm_concurrency: int = Field(1, ge=1, description="warming queries run at once")
+    hit_ratio_warning: float = Field(
+        0.7, ge=0, le=1, description="health warns when the hit ratio is under this (after 100 lookups)"
+    )
+
+
+class RedisSettings(BaseModel):
+    url: str | None = Field(None, description="Redis URL of the shared L2 cache; unset = L1 only")
+    ttl_s: float = Field(1800.0, gt=0, description="seconds an L2 entry lives")
+    compression: str = Field("lz4", description="Arrow IPC buffer compression of L2 entries: none, lz4 or zstd")
+    socket_timeout_s: float = Field(0.25, gt=0, description="Redis socket timeout; bounds the cost of a fault")
+    breaker_failures: int = Field(3, ge=1, description="Redis failures in a row that open its circuit breaker")
+    breaker_open_s: float = Field(5.0, gt=0, description="seconds Redis is skipped once its breaker opens")
+    key_prefix: str = Field("chrono:", description="prefix of every Redis key this server writes")
+
+
+class IngestSettings(BaseModel):
+    allow_new_datasets: bool = Field(True, description="DoPut may create datasets beyond the known three")
+    max_put_bytes: int = Field(
+        4 * 1024**3, ge=1, description="most Arrow bytes one DoPut may send (RESOURCE_EXHAUSTED past it)"
+    )
+    max_put_rows: int = Field(100_000_000, ge=1, description="most rows one DoPut may send")
+    max_columns: int = Field(256, ge=1, description="most columns a dataset may have")
+    max_nesting_depth: int = Field(4, ge=1, description="deepest nesting of list and struct types")
+    zstd_level: int = Field(3, ge=1, le=22, description="ZSTD level of ingested Parquet files")
+    row_group_rows: int = Field(1_000_000, ge=1024, description="rows per Parquet row group")
+    buffer_bytes: int = Field(
+        256 * 1024 * 1024, ge=1024 * 1024, description="Arrow bytes a put buffers before writing a file"
+    )
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="FLIGHT_", env_nested_delimiter="__", extra="ignore", frozen=True
@@ -56,6 +97,9 @@ class Settings(BaseSettings):
     log_level: str = Field("INFO", description="log level: DEBUG, INFO, WARNING or ERROR")
     log_format: str = Field("json", description="log format: json (one object a line) or text")
     duckdb: DuckDBSettings = Field(default_factory=DuckDBSettings)  # type: ignore[arg-type]
+    cache: CacheSettings = Field(default_factory=CacheSettings)  # type: ignore[arg-type]
+    redis: RedisSettings = Field(default_factory=RedisSettings)  # type: ignore[arg-type]
+    ingest: IngestSettings = Field(default_factory=IngestSettings)  # type: ignore[arg-type]
 
     @property
     def duckdb_path(self) -> Path:
@@ -64,6 +108,11 @@ class Settings(BaseSettings):
     @property
     def spill_dir(self) -> Path:
         return self.data_dir / self.duckdb.temp_directory
+
+    @property
+    def datasets_dir(self) -> Path:
+        """Where ingested Parquet datasets live: one folder per dataset."""
+        return self.data_dir / "datasets"
 
 
 def settings_fields() -> dict[str, str]:
