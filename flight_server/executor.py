@@ -65,13 +65,16 @@ class Plan:
 
 @dataclass
 class OpenResult:
-    """A result ready to stream: a cached table, or a first batch plus a live reader."""
+    """A result ready to stream: batches already in hand, then (maybe) a live reader.
+
+    A cache hit has all its batches in hand and no reader; a fresh query has read at
+    least its first batch, and the reader streams the rest.
+    """
 
     plan: Plan
     schema: pa.Schema
     cache: str
-    table: pa.Table | None = None
-    first: pa.RecordBatch | None = None
+    batches: list[pa.RecordBatch] = field(default_factory=list)
     running: QueryResult | None = None
     on_close: list[Callable[[], None]] = field(default_factory=list)
 
@@ -187,29 +190,28 @@ class QueryExecutor:
         key = self._key(plan, ctx)
         table, status = self.cache.lookup(key, plan.command.cache)
         if table is not None:
-            return OpenResult(plan, table.schema, status, table=table)
+            return OpenResult(plan, table.schema, status, batches=table.to_batches())
         running = self.engines[plan.engine].execute(plan.sql, plan.params, query_id=plan.query_id)
         try:
-            first = running.reader.read_next_batch()
+            first = [running.reader.read_next_batch()]
         except StopIteration:
-            first = None
+            running.close()
+            return OpenResult(plan, running.schema, status)
         except BaseException as exc:
             running.close()
             raise running.translate(exc) from None
-        return OpenResult(plan, running.schema, status, first=first, running=running)
+        return OpenResult(plan, running.schema, status, batches=first, running=running)
 
     def run_to_table(self, plan: Plan, ctx: RequestContext) -> pa.Table:
         """The whole result as a table (for actions and small internal queries)."""
         result = self.open(plan, ctx)
         try:
-            if result.table is not None:
-                return result.table
-            assert result.running is not None
-            batches = [result.first] if result.first is not None else []
-            try:
-                batches.extend(result.running.reader)
-            except BaseException as exc:
-                raise result.running.translate(exc) from None
+            batches = list(result.batches)
+            if result.running is not None:
+                try:
+                    batches.extend(result.running.reader)
+                except BaseException as exc:
+                    raise result.running.translate(exc) from None
             return pa.Table.from_batches(batches, schema=result.schema)
         finally:
             result.close()

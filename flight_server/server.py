@@ -127,15 +127,12 @@ class ChronoFlightServer(flight.FlightServerBase):  # type: ignore[misc]
         metadata = pa.py_buffer(_metadata_bytes(result.metadata()))
         status = "cancelled"
         try:
-            if result.table is not None:
-                batches = result.table.to_batches()
-                yield (batches[0] if batches else _empty_batch(result.schema)), metadata
-                if len(batches) > 1:
-                    yield pa.Table.from_batches(batches[1:], schema=result.schema)
-            else:
-                yield (result.first if result.first is not None else _empty_batch(result.schema)), metadata
-                if result.first is not None and result.running is not None:
-                    yield result.running.reader
+            head = result.batches[0] if result.batches else _empty_batch(result.schema)
+            yield head, metadata
+            if len(result.batches) > 1:
+                yield pa.Table.from_batches(result.batches[1:], schema=result.schema)
+            if result.running is not None:
+                yield result.running.reader
             status = "ok"
         finally:
             result.close()
