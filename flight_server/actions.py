@@ -44,6 +44,7 @@ def health(app: App, ctx: RequestContext, body: bytes) -> dict[str, Any]:
         except Exception as exc:
             engines[name] = {"status": "down", "error": str(exc).splitlines()[0]}
             warnings.append(f"engine {name} is down")
+    warnings.extend(app.cache.warnings())
     process = psutil.Process()
     memory = psutil.virtual_memory()
     if memory.percent > 80:
@@ -78,6 +79,31 @@ def cancel(app: App, ctx: RequestContext, body: bytes) -> dict[str, Any]:
     return {"cancelled": query_id}
 
 
+def cache_stats(app: App, ctx: RequestContext, body: bytes) -> dict[str, Any]:
+    return {**app.cache.stats(), "warming": app.warmer.stats()}
+
+
+def cache_invalidate(app: App, ctx: RequestContext, body: bytes) -> dict[str, Any]:
+    request = _json_body(body)
+    tables = request.get("tables", [])
+    pattern = request.get("queries")
+    if not isinstance(tables, list) or not all(isinstance(t, str) for t in tables):
+        raise InvalidArgument("'tables' must be a list of table names")
+    if pattern is not None and not isinstance(pattern, str):
+        raise InvalidArgument("'queries' must be a name pattern such as \"domains.*\"")
+    if not tables and pattern is None:
+        raise InvalidArgument('cache.invalidate needs {"tables": [...]} and/or {"queries": "domains.*"}')
+    unknown = [t for t in tables if not app.registry.has(t)]
+    if unknown:
+        raise NotFound(f"unknown table '{unknown[0]:.80}'")
+    routes = app.cache.matching_routes(pattern, app.catalog.names()) if pattern is not None else []
+    if pattern is not None and not routes:
+        raise NotFound(f"no named query matches '{pattern:.80}'")
+    bumped = app.cache.invalidate([t.lower() for t in tables], routes)
+    app.warmer.warm_soon("invalidation")
+    return {"invalidated": bumped}
+
+
 ACTIONS: dict[str, ActionSpec] = {
     spec.name: spec
     for spec in (
@@ -88,5 +114,14 @@ ACTIONS: dict[str, ActionSpec] = {
             "explain", "Body: a command. The routing decision, final SQL and the engine's plan.", explain
         ),
         ActionSpec("query.cancel", 'Body: {"query_id": ...}. Interrupt a running query.', cancel),
+        ActionSpec(
+            "cache.stats", "Hits and misses per cache level, bytes, evictions, hit ratio.", cache_stats
+        ),
+        ActionSpec(
+            "cache.invalidate",
+            'Body: {"tables": [...]} and/or {"queries": "domains.*"}. Bumps data versions: cached '
+            "results that read them are never served again.",
+            cache_invalidate,
+        ),
     )
 }

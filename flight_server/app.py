@@ -12,7 +12,7 @@ from typing import Any
 import duckdb
 
 from flight_server import __version__
-from flight_server.cache import NoResultCache
+from flight_server.cache import build_cache
 from flight_server.catalog import load_catalog
 from flight_server.context import RunningQueries
 from flight_server.engines.base import Engine
@@ -20,6 +20,7 @@ from flight_server.engines.duckdb import DuckDBEngine
 from flight_server.executor import QueryExecutor
 from flight_server.router import Router, TableRegistry
 from flight_server.settings import Settings
+from flight_server.warming import CacheWarmer
 
 logger = logging.getLogger(__name__)
 
@@ -55,11 +56,18 @@ class App:
         self.registry = TableRegistry({"duckdb": self.duckdb.refresh_tables})
         self.router = Router(self.registry, self.engines)
         self.catalog = load_catalog(settings.schemas_dir / "catalog.toml")
-        self.cache = NoResultCache()
+        self.cache = build_cache(settings)
         self.executor = QueryExecutor(
-            self.catalog, self.engines, self.router, self.cache, self.duckdb.syntax_error
+            self.catalog,
+            self.engines,
+            self.router,
+            self.cache,
+            self.duckdb.syntax_error,
+            deadline_s=settings.duckdb.query_deadline_s,
         )
         self.executor.validate_catalog()
+        self.warmer = CacheWarmer(self.executor, self.cache, settings.cache)
+        self.warmer.warm_soon("start-up")
         self.stats = RequestStats()
         logger.info(
             "server parts ready",
@@ -67,6 +75,8 @@ class App:
         )
 
     def close(self) -> None:
+        self.warmer.close()
         self.running.close()
+        self.cache.close()
         for engine in self.engines.values():
             engine.close()

@@ -10,6 +10,7 @@ data is sent; the rest of the stream stays a C++ reader.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -17,7 +18,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from flight_server.cache import CacheKey, ResultCache, cache_key
+from flight_server.cache import CacheKey, TieredCache, cache_key, route_version, table_version
 from flight_server.catalog import Catalog, NamedQuery
 from flight_server.commands import Command
 from flight_server.context import RequestContext
@@ -39,6 +40,9 @@ _SAMPLE_VALUES: dict[str, Any] = {
 }
 
 
+RAW_SQL_TTL_S = 300  # raw SQL and whole datasets; data versions keep them correct
+
+
 @dataclass
 class Plan:
     command: Command
@@ -48,7 +52,7 @@ class Plan:
     sql: str
     params: Any
     tables: tuple[str, ...]
-    ttl_s: int
+    ttl_s: float
     query_id: str
     named: NamedQuery | None = None
 
@@ -94,13 +98,15 @@ class QueryExecutor:
         catalog: Catalog,
         engines: dict[str, Engine],
         router: Router,
-        cache: ResultCache,
+        cache: TieredCache,
         syntax_error: Callable[[str], str | None] | None = None,
+        deadline_s: float = 60.0,
     ) -> None:
         self.catalog = catalog
         self.engines = engines
         self.router = router
         self.cache = cache
+        self.deadline_s = deadline_s
         self._syntax_error = syntax_error
         self._named_schemas: dict[str, pa.Schema] = {}
 
@@ -151,14 +157,22 @@ class QueryExecutor:
                 f'SELECT * FROM "{name}"',
                 None,
                 (name,),
-                60,
+                RAW_SQL_TTL_S,
                 ctx.query_id,
             )
         checked = check_read_only(command.target, self.router.registry.has, self._syntax_error)
         route = self.router.route(checked.tables, command.engine)
         params = command.params if command.params else None
         return Plan(
-            command, "sql", route.engine, route.reason, checked.sql, params, checked.tables, 60, ctx.query_id
+            command,
+            "sql",
+            route.engine,
+            route.reason,
+            checked.sql,
+            params,
+            checked.tables,
+            RAW_SQL_TTL_S,
+            ctx.query_id,
         )
 
     def schema(self, plan: Plan) -> pa.Schema:
@@ -177,34 +191,75 @@ class QueryExecutor:
     # -- execution ---------------------------------------------------------------------
 
     def _key(self, plan: Plan, ctx: RequestContext) -> CacheKey:
-        versions = self.cache.versions(plan.tables)
-        return cache_key(
-            plan.sql, plan.params, plan.engine, ctx.caller.scope, versions, plan.tables, plan.ttl_s
-        )
+        names = [table_version(t) for t in plan.tables]
+        if plan.named is not None:
+            names.append(route_version(plan.named.name))
+        versions = self.cache.versions(names)
+        return cache_key(plan.sql, plan.params, plan.engine, ctx.caller.scope, versions, plan.ttl_s)
 
     def cache_status(self, plan: Plan, ctx: RequestContext) -> str:
-        """What the cache would answer for this plan now (for FlightInfo)."""
-        return self.cache.lookup(self._key(plan, ctx), plan.command.cache)[1]
+        """What the cache would answer for this plan now (for FlightInfo; not counted)."""
+        return self.cache.peek(self._key(plan, ctx), plan.command.cache)
 
-    def open(self, plan: Plan, ctx: RequestContext) -> OpenResult:
+    def open(self, plan: Plan, ctx: RequestContext, *, count_use: bool = True) -> OpenResult:
+        """Serve from the cache, or run the query (once for concurrent identical misses)."""
+        if plan.named is not None and count_use:
+            self.cache.count_use(json.dumps({"c": plan.command.to_json().decode(), "s": ctx.caller.scope}))
         key = self._key(plan, ctx)
-        table, status = self.cache.lookup(key, plan.command.cache)
+        mode = plan.command.cache
+        table, status = self.cache.lookup(key, mode)
         if table is not None:
             return OpenResult(plan, table.schema, status, batches=table.to_batches())
+        if status == "bypass":
+            return self._start(plan)
+        with self.cache.single_flight(key.digest, self.deadline_s) as leader:
+            if not leader:
+                table, shared = self.cache.lookup(key, "use")
+                if table is not None:
+                    return OpenResult(plan, table.schema, shared, batches=table.to_batches())
+            return self._run_and_store(plan, key, status)
+
+    def _start(self, plan: Plan) -> OpenResult:
         running = self.engines[plan.engine].execute(plan.sql, plan.params, query_id=plan.query_id)
         try:
             first = [running.reader.read_next_batch()]
         except StopIteration:
             running.close()
-            return OpenResult(plan, running.schema, status)
+            return OpenResult(plan, running.schema, "bypass")
         except BaseException as exc:
             running.close()
             raise running.translate(exc) from None
-        return OpenResult(plan, running.schema, status, batches=first, running=running)
+        return OpenResult(plan, running.schema, "bypass", batches=first, running=running)
 
-    def run_to_table(self, plan: Plan, ctx: RequestContext) -> pa.Table:
+    def _run_and_store(self, plan: Plan, key: CacheKey, status: str) -> OpenResult:
+        """Read the result while it fits a cache entry; a complete one is stored.
+
+        A larger result keeps streaming: the batches read so far go first, then the
+        live reader, and nothing is cached.
+        """
+        running = self.engines[plan.engine].execute(plan.sql, plan.params, query_id=plan.query_id)
+        batches: list[pa.RecordBatch] = []
+        held = 0
+        try:
+            while held <= self.cache.max_entry_bytes:
+                try:
+                    batch = running.reader.read_next_batch()
+                except StopIteration:
+                    running.close()
+                    table = pa.Table.from_batches(batches, schema=running.schema)
+                    self.cache.store(key, table)
+                    return OpenResult(plan, running.schema, status, batches=batches)
+                batches.append(batch)
+                held += batch.nbytes
+        except BaseException as exc:
+            running.close()
+            raise running.translate(exc) from None
+        self.cache.note_too_large()
+        return OpenResult(plan, running.schema, status, batches=batches, running=running)
+
+    def run_to_table(self, plan: Plan, ctx: RequestContext, *, count_use: bool = True) -> pa.Table:
         """The whole result as a table (for actions and small internal queries)."""
-        result = self.open(plan, ctx)
+        result = self.open(plan, ctx, count_use=count_use)
         try:
             batches = list(result.batches)
             if result.running is not None:

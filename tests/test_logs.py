@@ -21,7 +21,8 @@ def test_logs_one_json_line_per_request_with_query_id(
     reader = server.client.do_get(flight.Ticket(json.dumps({"query": "domains.top"}).encode()))
     first = reader.read_chunk()
     reader.read_all()
-    query_id = json.loads(first.app_metadata.to_pybytes())["query_id"]
+    metadata = json.loads(first.app_metadata.to_pybytes())
+    query_id = metadata["query_id"]
     lines = [json.loads(JsonFormatter().format(r)) for r in caplog.records if r.getMessage() == "request"]
     mine = [line for line in lines if line.get("query_id") == query_id]
     assert len(mine) == 1
@@ -30,7 +31,8 @@ def test_logs_one_json_line_per_request_with_query_id(
     assert line["route"] == "domains.top"
     assert line["status"] == "ok"
     assert line["engine"] == "duckdb"
-    assert line["cache"] in ("bypass", "miss")
+    assert line["cache"] == metadata["cache"]
+    assert line["cache"] in ("miss", "hit-l1", "hit-l2")
     assert line["ms"] >= 0
 
 
