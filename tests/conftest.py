@@ -16,7 +16,7 @@ import pytest
 from flight_server.app import App
 from flight_server.demo import generate_demo_data
 from flight_server.server import ChronoFlightServer
-from flight_server.settings import DuckDBSettings, Settings
+from flight_server.settings import CacheSettings, DuckDBSettings, Settings
 
 DEMO_ROWS = 200_000
 DEMO_SEED = 42
@@ -50,13 +50,20 @@ class ServerHandle:
         return json.loads(results[0].body.to_pybytes())
 
 
-def start_server(data_dir: Path, rows: int = 0, **duckdb: Any) -> ServerHandle:
-    """A real server on a free port; `rows` > 0 fills the demo data first."""
+def start_server(data_dir: Path, rows: int = 0, **groups: Any) -> ServerHandle:
+    """A real server on a free port; `rows` > 0 fills the demo data first.
+
+    Keyword arguments are settings groups (`cache=CacheSettings(...)`); any other
+    keyword is a DuckDB setting (`query_deadline_s=0.5`).
+    """
+    duckdb = {k: v for k, v in groups.items() if k not in Settings.model_fields}
+    others = {k: v for k, v in groups.items() if k in Settings.model_fields}
     settings = Settings(
         data_dir=data_dir,
         port=0,
         log_format="text",
         duckdb=DuckDBSettings(threads=2, memory_limit="2GB", **duckdb),
+        **others,
     )
 
     def prepare(con: Any) -> None:
@@ -78,7 +85,8 @@ def stop_server(handle: ServerHandle) -> None:
 
 @pytest.fixture(scope="session")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerHandle]:
-    """The shared server: demo data with 200,000 CDX rows, default settings."""
-    handle = start_server(tmp_path_factory.mktemp("data"), rows=DEMO_ROWS)
+    """The shared server: demo data with 200,000 CDX rows, default settings but warming."""
+    # no background warming here: tests assert exact cache statuses
+    handle = start_server(tmp_path_factory.mktemp("data"), rows=DEMO_ROWS, cache=CacheSettings(warm_top_n=0))
     yield handle
     stop_server(handle)
