@@ -97,9 +97,18 @@ class DuckDBEngine:
     # -- Engine interface -------------------------------------------------------------
 
     def execute(
-        self, sql: str, params: Params, *, query_id: str, deadline_s: float | None = None
+        self,
+        sql: str,
+        params: Params,
+        *,
+        query_id: str,
+        deadline_s: float | None = None,
+        relations: dict[str, pa.Table] | None = None,
     ) -> QueryResult:
+        """Start `sql`; `relations` are Arrow tables the query may read by name."""
         cursor = self._db.cursor()
+        for name, table in (relations or {}).items():
+            cursor.register(name, table)
         running = RunningQuery(
             query_id=query_id,
             engine=self.name,
@@ -127,8 +136,10 @@ class DuckDBEngine:
             raise self.translate(exc, running) from None
         return QueryResult(reader, release, lambda exc: self.translate(exc, running))
 
-    def schema(self, sql: str, params: Params) -> pa.Schema:
+    def schema(self, sql: str, params: Params, relations: dict[str, pa.Table] | None = None) -> pa.Schema:
         cursor = self._db.cursor()
+        for name, table in (relations or {}).items():
+            cursor.register(name, table)
         try:
             relation = cursor.sql(sql, params=params)
             if relation is None:
@@ -177,6 +188,21 @@ class DuckDBEngine:
             cursor.close()
         self._tables = {str(name).lower(): str(kind) for name, kind in rows}
         return self.tables()
+
+    def columns(self) -> dict[str, dict[str, str]]:
+        """Every table's and view's columns with their DuckDB types."""
+        cursor = self._db.cursor()
+        try:
+            rows = cursor.sql(
+                "SELECT table_name, column_name, data_type FROM duckdb_columns() "
+                "WHERE schema_name = 'main' AND NOT internal ORDER BY table_name, column_index"
+            ).fetchall()
+        finally:
+            cursor.close()
+        out: dict[str, dict[str, str]] = {}
+        for table, column, kind in rows:
+            out.setdefault(str(table).lower(), {})[str(column)] = str(kind)
+        return out
 
     def row_counts(self) -> dict[str, int]:
         cursor = self._db.cursor()
