@@ -40,9 +40,7 @@ def route_version(route: str) -> str:
     return f"route:{route}"
 
 
-def cache_key(
-    sql: str, params: Any, engine: str, scope: str, versions: dict[str, int], ttl_s: float
-) -> CacheKey:
+def cache_key(sql: str, params: Any, engine: str, scope: str, versions: dict[str, int], ttl_s: float) -> CacheKey:
     material = json.dumps(
         {"sql": sql, "params": params, "engine": engine, "scope": scope, "versions": versions},
         sort_keys=True,
@@ -232,9 +230,7 @@ class TieredCache:
             "l1": {
                 **self.l1.stats(),
                 "hits": hits_l1,
-                "hit_ratio": round(hits_l1 / (hits_l1 + hits_l2 + misses), 4)
-                if misses + hits_l1 + hits_l2
-                else None,
+                "hit_ratio": round(hits_l1 / (hits_l1 + hits_l2 + misses), 4) if misses + hits_l1 + hits_l2 else None,
             },
             "l2": None
             if self.l2 is None

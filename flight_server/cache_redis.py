@@ -102,9 +102,7 @@ class RedisStore:
                 logger.warning(
                     "redis %s failed; answering without L2",
                     operation,
-                    extra={
-                        "fields": {"error": str(exc).splitlines()[0][:200], "breaker": self.breaker.state}
-                    },
+                    extra={"fields": {"error": str(exc).splitlines()[0][:200], "breaker": self.breaker.state}},
                 )
             return default
         self.breaker.success()
@@ -168,9 +166,7 @@ class RedisStore:
         self._call("zincrby", lambda: self._client.zincrby(self._key("usage", "named"), 1, member), None)
 
     def top_used(self, n: int) -> list[str] | None:
-        raw = self._call(
-            "zrevrange", lambda: self._client.zrevrange(self._key("usage", "named"), 0, n - 1), None
-        )
+        raw = self._call("zrevrange", lambda: self._client.zrevrange(self._key("usage", "named"), 0, n - 1), None)
         return None if raw is None else [m.decode() if isinstance(m, bytes) else str(m) for m in raw]
 
     def ping(self) -> bool:

@@ -152,9 +152,7 @@ class NamedQuery:
             if param.name in raw and raw[param.name] is not None:
                 bound[param.name] = param.convert(raw[param.name])
             elif param.required:
-                raise InvalidArgument(
-                    f"missing required parameter '{param.name}' ({param.type}) for {self.name}"
-                )
+                raise InvalidArgument(f"missing required parameter '{param.name}' ({param.type}) for {self.name}")
             else:
                 bound[param.name] = param.default
         return bound
@@ -250,9 +248,7 @@ def load_catalog(path: Path) -> Catalog:
         declared = {p.name for p in params}
         used = _placeholders(query.sql)
         if declared != used:
-            raise ValueError(
-                f"{name}: parameters declared {sorted(declared)} but the SQL uses {sorted(used)}"
-            )
+            raise ValueError(f"{name}: parameters declared {sorted(declared)} but the SQL uses {sorted(used)}")
         if name in {q.name for q in queries}:
             raise ValueError(f"{name}: defined twice")
         queries.append(query)

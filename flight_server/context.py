@@ -89,10 +89,7 @@ class RunningQueries:
         now = time.monotonic()
         with self._lock:
             queries = list(self._queries.values())
-        return [
-            {"query_id": q.query_id, "engine": q.engine, "running_s": round(now - q.started, 3)}
-            for q in queries
-        ]
+        return [{"query_id": q.query_id, "engine": q.engine, "running_s": round(now - q.started, 3)} for q in queries]
 
     def __len__(self) -> int:
         with self._lock:

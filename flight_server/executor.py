@@ -12,18 +12,21 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import pyarrow as pa
+import sqlglot
 
 from flight_server.cache import CacheKey, TieredCache, cache_key, route_version, table_version
 from flight_server.catalog import Catalog, NamedQuery
 from flight_server.commands import Command
 from flight_server.context import RequestContext
 from flight_server.engines.base import Engine, QueryResult
-from flight_server.errors import NotFound
+from flight_server.errors import NotFound, Unavailable
+from flight_server.hybrid import HybridRunner, to_postgres
 from flight_server.router import Router
 from flight_server.sqlguard import check_read_only
 
@@ -101,29 +104,40 @@ class QueryExecutor:
         cache: TieredCache,
         syntax_error: Callable[[str], str | None] | None = None,
         deadline_s: float = 60.0,
+        hybrid: HybridRunner | None = None,
     ) -> None:
         self.catalog = catalog
         self.engines = engines
         self.router = router
         self.cache = cache
         self.deadline_s = deadline_s
+        self.hybrid = hybrid
         self._syntax_error = syntax_error
         self._named_schemas: dict[str, pa.Schema] = {}
+        self._named_trees = {q.name: sqlglot.parse_one(q.sql, read="duckdb") for q in catalog}
 
     def validate_catalog(self) -> None:
-        """Plan every named query with sample values: a broken entry stops start-up."""
+        """Plan every named query with sample values: a broken entry stops start-up.
+
+        Queries whose engine is not configured are skipped; they answer UNAVAILABLE.
+        """
         for query in self.catalog:
-            sample = {
-                p.name: p.default if p.default is not None else _SAMPLE_VALUES[p.type] for p in query.params
-            }
-            route = self.router.route(query.tables, declared=query.engine)
+            sample = {p.name: p.default if p.default is not None else _SAMPLE_VALUES[p.type] for p in query.params}
             try:
-                self._named_schemas[query.name] = self.engines[route.engine].schema(query.sql, sample)
+                route = self.router.route(query.tables, declared=query.engine, tree=self._named_trees[query.name])
+            except Unavailable:
+                logger.info(
+                    "named query needs an engine that is not configured", extra={"fields": {"query": query.name}}
+                )
+                continue
+            try:
+                self._named_schemas[query.name] = self._schema(route.engine, query.sql, sample)
             except Exception as exc:
                 raise ValueError(f"named query {query.name} does not plan: {exc}") from None
 
-    def named_schema(self, name: str) -> pa.Schema:
-        return self._named_schemas[name]
+    def named_schema(self, name: str) -> pa.Schema | None:
+        """The result schema of a named query; None while its engine is not configured."""
+        return self._named_schemas.get(name)
 
     # -- planning ----------------------------------------------------------------------
 
@@ -131,7 +145,13 @@ class QueryExecutor:
         if command.kind == "query":
             named = self.catalog.get(command.target)
             params: Any = named.bind(command.params if isinstance(command.params, dict) else {})
-            route = self.router.route(named.tables, command.engine, declared=named.engine)
+            route = self.router.route(
+                named.tables,
+                command.engine,
+                declared=named.engine,
+                tree=self._named_trees[named.name],
+                label=named.name,
+            )
             return Plan(
                 command,
                 named.name,
@@ -148,7 +168,7 @@ class QueryExecutor:
             name = command.target.lower()
             if not self.router.registry.has(name):
                 raise NotFound(f"unknown dataset '{command.target:.80}'; ListFlights shows the datasets")
-            route = self.router.route([name], command.engine)
+            route = self.router.route([name], command.engine, label=name)
             return Plan(
                 command,
                 name,
@@ -161,7 +181,7 @@ class QueryExecutor:
                 ctx.query_id,
             )
         checked = check_read_only(command.target, self.router.registry.has, self._syntax_error)
-        route = self.router.route(checked.tables, command.engine)
+        route = self.router.route(checked.tables, command.engine, tree=checked.tree)
         params = command.params if command.params else None
         return Plan(
             command,
@@ -178,15 +198,41 @@ class QueryExecutor:
     def schema(self, plan: Plan) -> pa.Schema:
         if plan.named is not None and plan.named.name in self._named_schemas:
             return self._named_schemas[plan.named.name]
-        return self.engines[plan.engine].schema(plan.sql, plan.params)
+        return self._schema(plan.engine, plan.sql, plan.params)
+
+    def _schema(self, engine: str, sql: str, params: Any) -> pa.Schema:
+        if engine == "hybrid":
+            assert self.hybrid is not None
+            return self.hybrid.schema(sql, params)
+        if engine == "postgres":
+            return self.engines[engine].schema(*to_postgres(sql, params))
+        return self.engines[engine].schema(sql, params)
+
+    def _execute(self, plan: Plan) -> QueryResult:
+        if plan.engine == "hybrid":
+            assert self.hybrid is not None
+            return self.hybrid.execute(plan.sql, plan.params, query_id=plan.query_id)
+        if plan.engine == "postgres":
+            sql, values = to_postgres(plan.sql, plan.params)
+            return self.engines["postgres"].execute(sql, values, query_id=plan.query_id)
+        return self.engines[plan.engine].execute(plan.sql, plan.params, query_id=plan.query_id)
 
     def explain(self, plan: Plan) -> dict[str, Any]:
-        return {
-            **plan.metadata("not-run"),
-            "sql": plan.sql,
-            "params": plan.params,
-            "engine_plan": self.engines[plan.engine].explain(plan.sql, plan.params),
-        }
+        out: dict[str, Any] = {**plan.metadata("not-run"), "sql": plan.sql, "params": plan.params}
+        if plan.engine == "hybrid":
+            assert self.hybrid is not None
+            hybrid = self.hybrid.plan(plan.sql, plan.params)
+            out["postgres_fetches"] = [f.describe() for f in hybrid.fetches]
+            out["duckdb_sql"] = hybrid.duckdb_sql
+            out["engine_plan"] = self.hybrid.explain(plan.sql, plan.params)
+        elif plan.engine == "postgres":
+            sql, values = to_postgres(plan.sql, plan.params)
+            out["postgres_sql"], out["postgres_params"] = sql, values
+            out["engine_plan"] = self.engines["postgres"].explain(sql, values)
+        else:
+            out["engine_plan"] = self.engines[plan.engine].explain(plan.sql, plan.params)
+        out["latency_ms"] = self.router.latency.snapshot().get(plan.label, {})
+        return out
 
     # -- execution ---------------------------------------------------------------------
 
@@ -220,9 +266,11 @@ class QueryExecutor:
             return self._run_and_store(plan, key, status)
 
     def _start(self, plan: Plan) -> OpenResult:
-        running = self.engines[plan.engine].execute(plan.sql, plan.params, query_id=plan.query_id)
+        started = time.monotonic()
+        running = self._execute(plan)
         try:
             first = [running.reader.read_next_batch()]
+            self.router.latency.record(plan.label, plan.engine, (time.monotonic() - started) * 1000)
         except StopIteration:
             running.close()
             return OpenResult(plan, running.schema, "bypass")
@@ -237,7 +285,8 @@ class QueryExecutor:
         A larger result keeps streaming: the batches read so far go first, then the
         live reader, and nothing is cached.
         """
-        running = self.engines[plan.engine].execute(plan.sql, plan.params, query_id=plan.query_id)
+        started = time.monotonic()
+        running = self._execute(plan)
         batches: list[pa.RecordBatch] = []
         held = 0
         try:
@@ -246,6 +295,7 @@ class QueryExecutor:
                     batch = running.reader.read_next_batch()
                 except StopIteration:
                     running.close()
+                    self.router.latency.record(plan.label, plan.engine, (time.monotonic() - started) * 1000)
                     table = pa.Table.from_batches(batches, schema=running.schema)
                     self.cache.store(key, table)
                     return OpenResult(plan, running.schema, status, batches=batches)

@@ -22,9 +22,7 @@ def _default_memory_limit() -> str:
 
 
 class DuckDBSettings(BaseModel):
-    database: str = Field(
-        "analytics.duckdb", description="DuckDB database file, relative to the data directory"
-    )
+    database: str = Field("analytics.duckdb", description="DuckDB database file, relative to the data directory")
     threads: int = Field(
         default_factory=lambda: os.cpu_count() or 1,
         ge=1,
@@ -34,14 +32,29 @@ class DuckDBSettings(BaseModel):
         default_factory=_default_memory_limit,
         description="DuckDB memory limit (default: 70% of system memory)",
     )
-    temp_directory: str = Field(
-        "tmp", description="spill directory for DuckDB, relative to the data directory"
-    )
+    temp_directory: str = Field("tmp", description="spill directory for DuckDB, relative to the data directory")
     max_temp_directory_size: str = Field("20GB", description="most disk DuckDB may spill to")
     query_deadline_s: float = Field(
         60.0, gt=0, description="seconds a query may run before it is interrupted (TIMED_OUT)"
     )
     batch_rows: int = Field(131_072, ge=1024, description="rows per Arrow record batch streamed to clients")
+
+
+class PostgresSettings(BaseModel):
+    uri: str | None = Field(
+        None,
+        description="PostgreSQL URI of the schema owner, e.g. postgresql://postgres@127.0.0.1:5432/chrono; "
+        "unset = no PostgreSQL",
+    )
+    reader_uri: str | None = Field(
+        None, description="URI of the SELECT-only login role that user queries run as (default: uri)"
+    )
+    pool_size: int = Field(8, ge=1, description="most connections open to PostgreSQL")
+    pool_timeout_s: float = Field(5.0, gt=0, description="seconds a query waits for a free connection")
+    connect_timeout_s: float = Field(2.0, gt=0, description="seconds to wait for a new connection")
+    breaker_failures: int = Field(3, ge=1, description="failures in a row that open PostgreSQL's circuit breaker")
+    breaker_open_s: float = Field(2.0, gt=0, description="seconds PostgreSQL is skipped once its breaker opens")
+    apply_schema: bool = Field(True, description="apply schemas/postgres.sql at start-up (idempotent)")
 
 
 class CacheSettings(BaseModel):
@@ -63,15 +76,9 @@ class CacheSettings(BaseModel):
 class RedisSettings(BaseModel):
     url: str | None = Field(None, description="Redis URL of the shared L2 cache; unset = L1 only")
     ttl_s: float = Field(1800.0, gt=0, description="seconds an L2 entry lives")
-    compression: str = Field(
-        "lz4", description="Arrow IPC buffer compression of L2 entries: none, lz4 or zstd"
-    )
-    socket_timeout_s: float = Field(
-        0.25, gt=0, description="Redis socket timeout; bounds the cost of a fault"
-    )
-    breaker_failures: int = Field(
-        3, ge=1, description="Redis failures in a row that open its circuit breaker"
-    )
+    compression: str = Field("lz4", description="Arrow IPC buffer compression of L2 entries: none, lz4 or zstd")
+    socket_timeout_s: float = Field(0.25, gt=0, description="Redis socket timeout; bounds the cost of a fault")
+    breaker_failures: int = Field(3, ge=1, description="Redis failures in a row that open its circuit breaker")
     breaker_open_s: float = Field(5.0, gt=0, description="seconds Redis is skipped once its breaker opens")
     key_prefix: str = Field("chrono:", description="prefix of every Redis key this server writes")
 
@@ -92,9 +99,7 @@ class IngestSettings(BaseModel):
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(
-        env_prefix="FLIGHT_", env_nested_delimiter="__", extra="ignore", frozen=True
-    )
+    model_config = SettingsConfigDict(env_prefix="FLIGHT_", env_nested_delimiter="__", extra="ignore", frozen=True)
 
     host: str = Field("127.0.0.1", description="bind address of the Flight server")
     port: int = Field(8815, ge=0, le=65535, description="Flight port (0 picks a free port)")
@@ -103,6 +108,7 @@ class Settings(BaseSettings):
     log_level: str = Field("INFO", description="log level: DEBUG, INFO, WARNING or ERROR")
     log_format: str = Field("json", description="log format: json (one object a line) or text")
     duckdb: DuckDBSettings = Field(default_factory=DuckDBSettings)  # type: ignore[arg-type]
+    postgres: PostgresSettings = Field(default_factory=PostgresSettings)  # type: ignore[arg-type]
     cache: CacheSettings = Field(default_factory=CacheSettings)  # type: ignore[arg-type]
     redis: RedisSettings = Field(default_factory=RedisSettings)  # type: ignore[arg-type]
     ingest: IngestSettings = Field(default_factory=IngestSettings)  # type: ignore[arg-type]

@@ -80,6 +80,7 @@ class CheckedQuery:
     sql: str
     tables: tuple[str, ...]
     placeholders: int
+    tree: exp.Expression
 
 
 def _function_name(node: Any) -> str:
@@ -117,9 +118,7 @@ def check_read_only(
         raise InvalidArgument(f"send exactly one SQL statement (got {len(statements)})")
     tree = statements[0]
     if not isinstance(tree, _ALLOWED_ROOTS):
-        raise InvalidArgument(
-            f"only read-only queries (SELECT, WITH, VALUES) are allowed; got {tree.key.upper()}"
-        )
+        raise InvalidArgument(f"only read-only queries (SELECT, WITH, VALUES) are allowed; got {tree.key.upper()}")
     for node in tree.walk():
         if isinstance(node, _FORBIDDEN_NODES):
             raise InvalidArgument(f"{node.key.upper()} is not allowed: the server is read-only")
@@ -145,4 +144,4 @@ def check_read_only(
         if name not in tables:
             tables.append(name)
     placeholders = sum(1 for _ in tree.find_all(exp.Placeholder))
-    return CheckedQuery(sql=sql, tables=tuple(tables), placeholders=placeholders)
+    return CheckedQuery(sql=sql, tables=tuple(tables), placeholders=placeholders, tree=tree)

@@ -29,9 +29,7 @@ class CacheWarmer:
         self._executor = executor
         self._cache = cache
         self._top_n = settings.warm_top_n if cache.enabled else 0
-        self._pool = ThreadPoolExecutor(
-            max_workers=settings.warm_concurrency, thread_name_prefix="cache-warm"
-        )
+        self._pool = ThreadPoolExecutor(max_workers=settings.warm_concurrency, thread_name_prefix="cache-warm")
         self._lock = threading.Lock()
         self._running = False
         self._pending = False
@@ -89,9 +87,7 @@ class CacheWarmer:
             self.warmed += 1
         except Exception as exc:  # a warming failure must never surface anywhere else
             self.failures += 1
-            logger.warning(
-                "cache warming failed", extra={"fields": {"error": str(exc).splitlines()[0][:200]}}
-            )
+            logger.warning("cache warming failed", extra={"fields": {"error": str(exc).splitlines()[0][:200]}})
 
     def stats(self) -> dict[str, Any]:
         return {"passes": self.passes, "warmed": self.warmed, "failures": self.failures, "top_n": self._top_n}

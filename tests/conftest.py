@@ -4,19 +4,22 @@ from __future__ import annotations
 
 import json
 import threading
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import adbc_driver_postgresql.dbapi as pg
 import pyarrow as pa
 import pyarrow.flight as flight
 import pytest
 
+from flight_server import oltp
 from flight_server.app import App
 from flight_server.demo import generate_demo_data
 from flight_server.server import ChronoFlightServer
-from flight_server.settings import CacheSettings, DuckDBSettings, Settings
+from flight_server.settings import CacheSettings, DuckDBSettings, PostgresSettings, Settings
 
 DEMO_ROWS = 200_000
 DEMO_SEED = 42
@@ -69,6 +72,11 @@ def start_server(data_dir: Path, rows: int = 0, **groups: Any) -> ServerHandle:
     def prepare(con: Any) -> None:
         if rows and not con.sql("SELECT count(*) FROM cdx_records").fetchall()[0][0]:
             generate_demo_data(con, rows, seed=DEMO_SEED)
+        uri = settings.postgres.uri
+        if rows and uri:
+            oltp.apply_schema(uri, settings.schemas_dir)
+            if oltp.is_empty(uri):
+                oltp.seed_demo(uri, con, seed=DEMO_SEED)
 
     app = App(settings, prepare=prepare)
     server = ChronoFlightServer(app, "grpc://127.0.0.1:0")
@@ -81,6 +89,51 @@ def stop_server(handle: ServerHandle) -> None:
     handle.client.close()
     handle.server.shutdown()
     handle.app.close()
+
+
+PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
+
+
+def create_database() -> str:
+    """A fresh PostgreSQL database for this test run; returns its name."""
+    name = f"chrono_test_{uuid.uuid4().hex[:10]}"
+    with pg.connect(PG_ADMIN, autocommit=True) as conn, conn.cursor() as cur:
+        cur.execute(f'CREATE DATABASE "{name}"')
+    return name
+
+
+def drop_database(name: str) -> None:
+    with pg.connect(PG_ADMIN, autocommit=True) as conn, conn.cursor() as cur:
+        cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def pg_settings(database: str, port: int = 5432, **extra: Any) -> PostgresSettings:
+    """The owner connects as postgres; user queries run as the SELECT-only chrono_reader."""
+    return PostgresSettings(
+        uri=f"postgresql://postgres@127.0.0.1:{port}/{database}",
+        reader_uri=f"postgresql://chrono_reader@127.0.0.1:{port}/{database}",
+        **extra,
+    )
+
+
+@pytest.fixture(scope="session")
+def pg_database() -> Iterator[str]:
+    name = create_database()
+    yield name
+    drop_database(name)
+
+
+@pytest.fixture(scope="session")
+def hybrid_server(tmp_path_factory: pytest.TempPathFactory, pg_database: str) -> Iterator[ServerHandle]:
+    """DuckDB and PostgreSQL with matching demo data (50,000 CDX rows)."""
+    handle = start_server(
+        tmp_path_factory.mktemp("hybrid"),
+        rows=50_000,
+        cache=CacheSettings(warm_top_n=0),
+        postgres=pg_settings(pg_database),
+    )
+    yield handle
+    stop_server(handle)
 
 
 @pytest.fixture(scope="session")

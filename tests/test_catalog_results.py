@@ -117,8 +117,9 @@ SAMPLES: dict[str, dict[str, Any]] = {
 }
 
 
-def test_catalog_samples_cover_every_named_query(server: Any) -> None:
-    assert sorted(SAMPLES) == server.app.catalog.names()
+def test_catalog_samples_cover_every_duckdb_named_query(server: Any) -> None:
+    # the queries that need PostgreSQL are checked in test_postgres.py
+    assert sorted(SAMPLES) == sorted(q.name for q in server.app.catalog if q.engine == "duckdb")
 
 
 @pytest.mark.parametrize("query", sorted(SAMPLES))

@@ -42,9 +42,7 @@ class QueryResult:
 class Engine(Protocol):
     name: str
 
-    def execute(
-        self, sql: str, params: Params, *, query_id: str, deadline_s: float | None = None
-    ) -> QueryResult:
+    def execute(self, sql: str, params: Params, *, query_id: str, deadline_s: float | None = None) -> QueryResult:
         """Start the query; its reader streams the batches. Raises ChronoError subclasses."""
         ...
 

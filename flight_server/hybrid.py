@@ -1,0 +1,200 @@
+"""Hybrid queries: PostgreSQL tables fetched as Arrow, then joined in DuckDB.
+
+The query is qualified against the columns of both engines (sqlglot), then every
+reference to a PostgreSQL-only table becomes a fetch of just the columns the query uses,
+with every filter that can safely run in PostgreSQL pushed down (WHERE conjuncts that
+touch only that table, on a side of the join that is not null-extended). The fetched
+Arrow tables are registered in the DuckDB cursor under private names and the rewritten
+query runs in DuckDB, which still applies every original filter.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyarrow as pa
+import sqlglot
+from sqlglot import exp
+from sqlglot.errors import OptimizeError, SqlglotError
+from sqlglot.optimizer.qualify import qualify
+from sqlglot.optimizer.scope import Scope, traverse_scope
+
+from flight_server.engines.base import Params, QueryResult
+from flight_server.engines.duckdb import DuckDBEngine
+from flight_server.engines.postgres import PostgresEngine
+from flight_server.errors import InvalidArgument
+
+
+@dataclass
+class Fetch:
+    """One PostgreSQL read: a table's needed columns, with pushed-down filters."""
+
+    name: str  # the private name the result is registered under in DuckDB
+    table: str
+    columns: list[str]
+    sql: str
+    params: list[Any]
+    pushed: list[str] = field(default_factory=list)
+
+    def describe(self) -> dict[str, Any]:
+        return {"table": self.table, "columns": self.columns, "sql": self.sql, "params": self.params,
+                "pushed_filters": self.pushed}  # fmt: skip
+
+
+@dataclass
+class HybridPlan:
+    duckdb_sql: str
+    fetches: list[Fetch]
+
+
+# explicit types for bound values, so PostgreSQL never has to guess them
+_PG_TYPES: dict[type, str] = {
+    str: "TEXT", int: "BIGINT", float: "DOUBLE PRECISION", bool: "BOOLEAN",
+    dt.date: "DATE", dt.datetime: "TIMESTAMP",
+}  # fmt: skip
+
+
+def _conjuncts(condition: Any) -> list[exp.Expression]:
+    if isinstance(condition, exp.And):
+        return _conjuncts(condition.left) + _conjuncts(condition.right)
+    if isinstance(condition, exp.Paren):
+        return _conjuncts(condition.this)
+    return [condition]
+
+
+def _null_supplying(scope: Scope, table: exp.Table) -> bool:
+    """Is this table on a side of an outer join whose rows may be NULL-extended?"""
+    select = scope.expression
+    joins = select.args.get("joins") or []
+    join = table.parent if isinstance(table.parent, exp.Join) else None
+    if join is not None:
+        return join.side in ("LEFT", "FULL") or join.kind == "FULL"
+    return any(j.side in ("RIGHT", "FULL") for j in joins)
+
+
+def _pushable(conjunct: exp.Expression, alias: str) -> bool:
+    columns = list(conjunct.find_all(exp.Column))
+    if not columns or any(c.table != alias for c in columns):
+        return False
+    forbidden = (exp.Subquery, exp.Select, exp.AggFunc, exp.Window)
+    return not any(isinstance(node, forbidden) for node in conjunct.walk())
+
+
+def _bind(conjunct: Any, params: Params, values: list[Any]) -> Any:
+    """The conjunct for PostgreSQL: columns unqualified, placeholders renumbered."""
+    out = conjunct.copy()
+    for column in out.find_all(exp.Column):
+        column.set("table", None)
+    for placeholder in list(out.find_all(exp.Placeholder)):
+        name = placeholder.name
+        if isinstance(params, dict):
+            value = params[name]
+        elif name.isdigit() and params is not None:
+            value = list(params)[int(name) - 1]
+        else:
+            raise InvalidArgument(f"parameter ${name} has no value")
+        if value is None:
+            placeholder.replace(exp.Null())  # PostgreSQL cannot type a NULL parameter
+            continue
+        values.append(value)
+        parameter = exp.Parameter(this=exp.Literal.number(len(values)))
+        cast_to = _PG_TYPES.get(type(value))
+        placeholder.replace(exp.cast(parameter, cast_to) if cast_to else parameter)
+    return out
+
+
+class HybridPlanner:
+    def __init__(self, columns: dict[str, dict[str, str]], postgres_tables: set[str]) -> None:
+        self._schema: dict[str, object] = dict(columns)
+        self._postgres = postgres_tables
+
+    def plan(self, sql: str, params: Params) -> HybridPlan:
+        try:
+            tree = sqlglot.parse_one(sql, read="duckdb")
+            tree = qualify(tree, schema=self._schema, dialect="duckdb", validate_qualify_columns=False)
+        except (OptimizeError, SqlglotError) as exc:
+            raise InvalidArgument(f"cannot plan the query across engines: {str(exc).splitlines()[0]}") from None
+        fetches: list[Fetch] = []
+        for scope in traverse_scope(tree):
+            for alias, source in list(scope.sources.items()):
+                if isinstance(source, exp.Table) and source.name.lower() in self._postgres and not source.db:
+                    fetches.append(self._fetch(scope, alias, source, params, len(fetches)))
+        return HybridPlan(tree.sql(dialect="duckdb"), fetches)
+
+    def _fetch(self, scope: Scope, alias: str, table: exp.Table, params: Params, index: int) -> Fetch:
+        name = table.name.lower()
+        known = list(self._schema.get(name, {}))  # type: ignore[call-overload]
+        used = {c.name for c in scope.expression.find_all(exp.Column) if c.table == alias}
+        columns = [c for c in known if c in used] or known[:1]
+        values: list[Any] = []
+        pushed: list[exp.Expression] = []
+        where = scope.expression.args.get("where") if isinstance(scope.expression, exp.Select) else None
+        if where is not None and not _null_supplying(scope, table):
+            pushed = [_bind(c, params, values) for c in _conjuncts(where.this) if _pushable(c, alias)]
+        query = exp.select(*[exp.column(c, quoted=True) for c in columns]).from_(
+            exp.Table(this=exp.to_identifier(name, quoted=True), db=exp.to_identifier("public"))
+        )
+        for condition in pushed:
+            query = query.where(condition)
+        private = f"__pg_{index}_{name}"
+        table.replace(exp.Table(this=exp.to_identifier(private, quoted=True), alias=exp.TableAlias(
+            this=exp.to_identifier(alias, quoted=True))))  # fmt: skip
+        return Fetch(private, name, columns, query.sql(dialect="postgres"), values,
+                     [c.sql(dialect="postgres") for c in pushed])  # fmt: skip
+
+
+def to_postgres(sql: str, params: Params) -> tuple[str, list[Any]]:
+    """DuckDB-dialect SQL as PostgreSQL SQL with positional parameters ($1, $2, ...)."""
+    try:
+        tree = sqlglot.parse_one(sql, read="duckdb")
+    except SqlglotError as exc:
+        raise InvalidArgument(f"cannot translate the query for PostgreSQL: {str(exc).splitlines()[0]}") from None
+    values: list[Any] = []
+    tree = _bind(tree, params, values)
+    return tree.sql(dialect="postgres"), values
+
+
+class HybridRunner:
+    """Runs hybrid plans: PostgreSQL fetches first, then the join in DuckDB."""
+
+    def __init__(self, duckdb: DuckDBEngine, postgres: PostgresEngine) -> None:
+        self._duckdb = duckdb
+        self._postgres = postgres
+        self._planner: HybridPlanner | None = None
+
+    def planner(self, refresh: bool = False) -> HybridPlanner:
+        if self._planner is None or refresh:
+            pg_columns = self._postgres.columns()
+            columns = {**pg_columns, **self._duckdb.columns()}
+            postgres_only = set(pg_columns) - set(self._duckdb.tables())
+            self._planner = HybridPlanner(columns, postgres_only)
+        return self._planner
+
+    def plan(self, sql: str, params: Params) -> HybridPlan:
+        return self.planner().plan(sql, params)
+
+    def execute(self, sql: str, params: Params, *, query_id: str) -> QueryResult:
+        plan = self.plan(sql, params)
+        relations: dict[str, pa.Table] = {}
+        for i, fetch in enumerate(plan.fetches):
+            result = self._postgres.execute(fetch.sql, fetch.params, query_id=f"{query_id}-pg{i}")
+            try:
+                relations[fetch.name] = result.reader.read_all()
+            except BaseException as exc:
+                raise result.translate(exc) from None
+            finally:
+                result.close()
+        return self._duckdb.execute(plan.duckdb_sql, params, query_id=query_id, relations=relations)
+
+    def _empty_relations(self, plan: HybridPlan) -> dict[str, pa.Table]:
+        return {f.name: self._postgres.schema(f.sql, f.params).empty_table() for f in plan.fetches}
+
+    def schema(self, sql: str, params: Params) -> pa.Schema:
+        plan = self.plan(sql, params)
+        return self._duckdb.schema(plan.duckdb_sql, params, relations=self._empty_relations(plan))
+
+    def explain(self, sql: str, params: Params) -> str:
+        plan = self.plan(sql, params)
+        return self._duckdb.explain(plan.duckdb_sql, params, relations=self._empty_relations(plan))
