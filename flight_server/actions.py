@@ -104,6 +104,14 @@ def cache_invalidate(app: App, ctx: RequestContext, body: bytes) -> dict[str, An
     return {"invalidated": bumped}
 
 
+def dataset_compact(app: App, ctx: RequestContext, body: bytes) -> dict[str, Any]:
+    request = _json_body(body)
+    name = request.get("dataset")
+    if not isinstance(name, str):
+        raise InvalidArgument('dataset.compact needs {"dataset": "cdx_records"} (optional "partition")')
+    return app.ingest.compact(name, request.get("partition"))
+
+
 ACTIONS: dict[str, ActionSpec] = {
     spec.name: spec
     for spec in (
@@ -122,6 +130,12 @@ ACTIONS: dict[str, ActionSpec] = {
             'Body: {"tables": [...]} and/or {"queries": "domains.*"}. Bumps data versions: cached '
             "results that read them are never served again.",
             cache_invalidate,
+        ),
+        ActionSpec(
+            "dataset.compact",
+            'Body: {"dataset": ..., "partition": {"partition_year": 2024, ...} (optional)}. Merges the small '
+            "Parquet files of each partition into one, atomically for readers.",
+            dataset_compact,
         ),
     )
 }

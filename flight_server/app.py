@@ -15,9 +15,11 @@ from flight_server import __version__
 from flight_server.cache import build_cache
 from flight_server.catalog import load_catalog
 from flight_server.context import RunningQueries
+from flight_server.datasets import DatasetRegistry
 from flight_server.engines.base import Engine
 from flight_server.engines.duckdb import DuckDBEngine
 from flight_server.executor import QueryExecutor
+from flight_server.ingest import IngestService
 from flight_server.router import Router, TableRegistry
 from flight_server.settings import Settings
 from flight_server.warming import CacheWarmer
@@ -52,11 +54,15 @@ class App:
         self.started = time.time()
         self.running = RunningQueries()
         self.duckdb = DuckDBEngine(settings, self.running, prepare)
+        self.datasets = DatasetRegistry(settings.datasets_dir, self.duckdb.cursor, self.running)
+        self.datasets.open()
+        self.duckdb.dataset_rows = self.datasets.row_counts
         self.engines: dict[str, Engine] = {"duckdb": self.duckdb}
         self.registry = TableRegistry({"duckdb": self.duckdb.refresh_tables})
         self.router = Router(self.registry, self.engines)
         self.catalog = load_catalog(settings.schemas_dir / "catalog.toml")
         self.cache = build_cache(settings)
+        self.ingest = IngestService(settings.ingest, self.datasets, self.cache, self.registry.owner)
         self.executor = QueryExecutor(
             self.catalog,
             self.engines,

@@ -1,4 +1,4 @@
-"""The `flight-server` command: serve, demo-data, query."""
+"""The `flight-server` command: serve, demo-data, query, ingest."""
 
 from __future__ import annotations
 
@@ -88,11 +88,20 @@ def cmd_demo_data(args: argparse.Namespace, settings: Settings) -> int:
         err.print(f"cannot open the database (is the server running on this data directory?): {exc}")
         return 1
     try:
-        con.execute((settings.schemas_dir / "duckdb.sql").read_text())
+        from flight_server.datasets import apply_schema
+
+        apply_schema(con, settings.schemas_dir)
         _fill_demo(con, args.rows, args.seed, only_if_empty=False)
     finally:
         con.close()
     return 0
+
+
+def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
+    from flight_server.cli_ingest import run_ingest
+
+    with _progress() as progress:
+        return run_ingest(args, settings, progress)
 
 
 def cmd_query(args: argparse.Namespace, settings: Settings) -> int:
@@ -136,6 +145,15 @@ def build_parser() -> argparse.ArgumentParser:
     query.add_argument("--token", help="bearer token, when the server requires one")
     query.add_argument("--max-rows", type=int, default=50, help="rows shown in table format")
     query.set_defaults(func=cmd_query)
+
+    ingest = sub.add_parser("ingest", help="push a Parquet, CSV or Arrow IPC file into a dataset (DoPut)")
+    ingest.add_argument("dataset", help="dataset name, e.g. cdx_records")
+    ingest.add_argument("file", help="the file to send; read and sent batch by batch")
+    ingest.add_argument("--format", choices=["auto", "parquet", "csv", "arrow"], default="auto", help="by suffix")
+    ingest.add_argument("--batch-rows", type=int, default=65_536, help="rows per batch sent (Parquet)")
+    ingest.add_argument("--url", help="server URL (default grpc://FLIGHT_HOST:FLIGHT_PORT)")
+    ingest.add_argument("--token", help="bearer token, when the server requires one")
+    ingest.set_defaults(func=cmd_ingest)
     return parser
 
 

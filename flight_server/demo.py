@@ -149,11 +149,11 @@ SELECT i, 'cdx-' || i AS id, d.domain, 'https://' || d.domain || path AS origina
     year(captured)::INTEGER AS partition_year, month(captured)::INTEGER AS partition_month
 FROM sized JOIN _demo_domains AS d USING (domain_rank)
 """
-_CDX_INSERT_SQL: Final = "INSERT INTO cdx_records BY NAME SELECT * EXCLUDE (i) FROM _demo_chunk"
+_CDX_INSERT_SQL: Final = "INSERT INTO base.cdx_records BY NAME SELECT * EXCLUDE (i) FROM _demo_chunk"
 
 # One extracted page for ~1 in 4 successful HTML captures of the chunk.
 _CONTENT_SQL: Final = """
-INSERT INTO content_analytics BY NAME
+INSERT INTO base.content_analytics BY NAME
 WITH pages AS (
     SELECT *, CASE WHEN _demo_u(i, 21) < 0.35 THEN 'trafilatura' WHEN _demo_u(i, 21) < 0.55 THEN 'readability'
                    WHEN _demo_u(i, 21) < 0.70 THEN 'newspaper' WHEN _demo_u(i, 21) < 0.90 THEN 'beautifulsoup'
@@ -188,7 +188,7 @@ FROM counted
 
 # One row per metric type per 5 minutes; `load` is a daily cycle peaking at 14:00 UTC.
 _METRICS_SQL: Final = """
-INSERT INTO performance_metrics BY NAME
+INSERT INTO base.performance_metrics BY NAME
 WITH slots AS (
     SELECT i, i // $n_types AS slot, $types[i % $n_types + 1] AS metric_type,
         make_timestamp(($start_s + (i // $n_types) * $slot_s) * 1000000) AS ts
@@ -217,9 +217,9 @@ SELECT 'pm-' || lpad(slot::VARCHAR, 5, '0') || '-' || metric_type AS metric_id, 
 FROM shaped
 """
 _SUMMARY_SQL: Final = """
-SELECT (SELECT count(*) FROM cdx_records), (SELECT count(*) FROM content_analytics),
-    (SELECT count(*) FROM performance_metrics), count(DISTINCT project_id), count(DISTINCT domain)
-FROM cdx_records
+SELECT (SELECT count(*) FROM base.cdx_records), (SELECT count(*) FROM base.content_analytics),
+    (SELECT count(*) FROM base.performance_metrics), count(DISTINCT project_id), count(DISTINCT domain)
+FROM base.cdx_records
 """
 
 
@@ -285,7 +285,8 @@ def generate_demo_data(
 ) -> DemoSummary:
     """Replace the contents of the analytics tables with `rows` demo captures.
 
-    The tables must exist (schemas/duckdb.sql). Captures span 1996-01-01 to `end_date`
+    The tables must exist (schemas/duckdb.sql); rows go into the base tables (schema
+    `base`), not into ingested datasets. Captures span 1996-01-01 to `end_date`
     (inclusive, default today UTC); metrics cover the 30 days ending with `end_date`.
     Everything runs in one transaction, so `con` must not be inside one: on any error,
     including one raised by `progress` (called as `progress(step, done, total)` after
@@ -307,7 +308,7 @@ def generate_demo_data(
     con.execute("BEGIN TRANSACTION")
     try:
         for table in ("cdx_records", "content_analytics", "performance_metrics"):
-            con.execute(f"DELETE FROM {table}")
+            con.execute(f"DELETE FROM base.{table}")
         for macro in _MACROS:
             con.execute(macro.format(seed=int(seed)))
         con.execute(

@@ -138,6 +138,22 @@ class ChronoFlightServer(flight.FlightServerBase):  # type: ignore[misc]
             result.close()
             self._log(ctx, result.plan.label, status, engine=result.plan.engine, cache=result.cache)
 
+    def do_put(
+        self,
+        context: flight.ServerCallContext,
+        descriptor: flight.FlightDescriptor,
+        reader: flight.MetadataRecordBatchReader,
+        writer: flight.FlightMetadataWriter,
+    ) -> None:
+        def handle(ctx: RequestContext) -> None:
+            if descriptor.descriptor_type != flight.DescriptorType.PATH or len(descriptor.path) != 1:
+                raise InvalidArgument("DoPut takes FlightDescriptor.for_path(dataset), e.g. for_path('cdx_records')")
+            result = self.app.ingest.put(descriptor.path[0], reader, context.is_cancelled)
+            writer.write(pa.py_buffer(_metadata_bytes(result)))
+            self._log(ctx, "put", "ok", rows=result["rows"], files=len(result["files"]), bytes=result["bytes"])
+
+        self._rpc("DoPut", context, "put", handle)
+
     def list_flights(self, context: flight.ServerCallContext, criteria: bytes) -> Iterator[flight.FlightInfo]:
         def handle(ctx: RequestContext) -> list[flight.FlightInfo]:
             infos = []

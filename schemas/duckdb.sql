@@ -2,8 +2,14 @@
 -- Applied at start-up; every statement is idempotent.
 -- Columns follow the architecture document. Partition columns of cdx_records are
 -- derived from unix_timestamp; ingested Parquet data is partitioned by them.
+--
+-- The tables live in the schema `base`; queries read the views `main.<table>`, which
+-- the server re-creates at start-up and after each put as the base table UNION ALL BY
+-- NAME the dataset's ingested Parquet files (see flight_server/datasets.py).
 
-CREATE TABLE IF NOT EXISTS cdx_records (
+CREATE SCHEMA IF NOT EXISTS base;
+
+CREATE TABLE IF NOT EXISTS base.cdx_records (
     id               VARCHAR NOT NULL,
     domain           VARCHAR NOT NULL,
     original_url     VARCHAR NOT NULL,
@@ -18,7 +24,7 @@ CREATE TABLE IF NOT EXISTS cdx_records (
     partition_month  INTEGER
 );
 
-CREATE TABLE IF NOT EXISTS content_analytics (
+CREATE TABLE IF NOT EXISTS base.content_analytics (
     page_id            VARCHAR,
     project_id         VARCHAR,
     extraction_method  VARCHAR,
@@ -32,7 +38,7 @@ CREATE TABLE IF NOT EXISTS content_analytics (
     date_captured      DATE
 );
 
-CREATE TABLE IF NOT EXISTS performance_metrics (
+CREATE TABLE IF NOT EXISTS base.performance_metrics (
     metric_id       VARCHAR   NOT NULL,
     metric_type     VARCHAR   NOT NULL,
     value           DOUBLE    NOT NULL,
@@ -40,3 +46,10 @@ CREATE TABLE IF NOT EXISTS performance_metrics (
     timestamp       TIMESTAMP NOT NULL,
     retention_days  INTEGER DEFAULT 90
 );
+
+-- Until the server adds the ingested files: the base tables alone. performance_metrics
+-- shows its partition key, the UTC day of `timestamp`, like the Parquet files do.
+CREATE OR REPLACE VIEW cdx_records AS SELECT * FROM base.cdx_records;
+CREATE OR REPLACE VIEW content_analytics AS SELECT * FROM base.content_analytics;
+CREATE OR REPLACE VIEW performance_metrics AS
+    SELECT *, CAST("timestamp" AS DATE) AS partition_day FROM base.performance_metrics;

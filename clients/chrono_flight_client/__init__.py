@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar, cast
 
@@ -250,6 +250,26 @@ class BatchStream(Iterator[pa.RecordBatch]):
         self.close()
 
 
+def _as_batches(data: Any, batch_rows: int) -> tuple[pa.Schema, Iterator[pa.RecordBatch]]:
+    """The schema and batches of a pyarrow, pandas or Polars value, for `ingest`."""
+    module = type(data).__module__.split(".", 1)[0]
+    if module == "polars":
+        data = data.collect() if hasattr(data, "collect") else data
+        data = data.to_arrow()
+    elif module == "pandas":
+        data = pa.Table.from_pandas(data, preserve_index=False)
+    if isinstance(data, pa.RecordBatch):
+        data = pa.Table.from_batches([data])
+    if isinstance(data, pa.Table):
+        return data.schema, iter(data.to_batches(max_chunksize=batch_rows))
+    if isinstance(data, pa.RecordBatchReader):
+        return data.schema, iter(data)
+    if hasattr(data, "__arrow_c_stream__"):
+        reader = pa.RecordBatchReader.from_stream(data)
+        return reader.schema, iter(reader)
+    raise InvalidArgument(f"cannot ingest a {type(data).__name__}: send a pyarrow, pandas or Polars table")
+
+
 # -- the client ----------------------------------------------------------------------------
 
 
@@ -382,6 +402,44 @@ class ChronoFlightClient:
     def explain(self, command: Mapping[str, Any]) -> dict[str, Any]:
         """Routing decision and final SQL (`sql`) of a command, without running it."""
         return cast(dict[str, Any], self.action("explain", command))
+
+    # -- ingestion
+
+    def ingest(self, dataset: str, data: Any, *, batch_rows: int = 65_536) -> dict[str, Any]:
+        """DoPut `data` into `dataset`; the put result `{"rows": n, "files": [...], "bytes": n}`.
+
+        `data` is a pyarrow Table, RecordBatch or RecordBatchReader (streamed as it is
+        read), a pandas DataFrame or a Polars DataFrame or LazyFrame. The rows are
+        queryable once this returns; when it raises, nothing of the put was stored.
+        """
+        schema, batches = _as_batches(data, batch_rows)
+        descriptor = flight.FlightDescriptor.for_path(dataset)
+        writer, acks = self._call(lambda: self._client.do_put(descriptor, schema, options=self._options))
+        rows = 0
+        try:
+            # begin/commit markers: if this program dies midway, the server stores nothing
+            with _mapped_errors():
+                writer.write_metadata(pa.py_buffer(b'{"put":"begin"}'))
+            for batch in batches:
+                with _mapped_errors():
+                    writer.write_batch(batch)
+                rows += batch.num_rows
+            with _mapped_errors():
+                writer.write_metadata(pa.py_buffer(_encode({"put": "commit", "rows": rows})))
+                writer.done_writing()
+                ack = acks.read()
+        except ChronoFlightError:
+            with _mapped_errors():  # the server's own status comes with close(): raise that one
+                writer.close()
+            raise
+        except BaseException:
+            with suppress(Exception):  # reading the data failed: the server drops the put
+                writer.write_metadata(pa.py_buffer(b'{"put":"abort"}'))
+                writer.close()
+            raise
+        with _mapped_errors():
+            writer.close()
+        return _decode(ack)
 
     # -- lifecycle
 

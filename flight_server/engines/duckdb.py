@@ -19,6 +19,7 @@ import duckdb
 import pyarrow as pa
 
 from flight_server.context import RunningQueries, RunningQuery
+from flight_server.datasets import BASE_SCHEMA, apply_schema
 from flight_server.engines.base import Params, QueryResult
 from flight_server.errors import (
     Cancelled,
@@ -82,11 +83,12 @@ class DuckDBEngine:
                 "allow_community_extensions": False,
             },
         )
-        self._db.execute((settings.schemas_dir / "duckdb.sql").read_text())
+        apply_schema(self._db, settings.schemas_dir)
         if prepare is not None:
             prepare(self._db)
         self._lock_down(data_dir)
         self._tables: dict[str, str] = {}
+        self.dataset_rows: Callable[[], dict[str, int]] = dict  # rows of ingested Parquet files
         self.refresh_tables()
 
     def _lock_down(self, data_dir: Path) -> None:
@@ -205,14 +207,23 @@ class DuckDBEngine:
         return out
 
     def row_counts(self) -> dict[str, int]:
+        """Rows of each table, and of each dataset: its base table plus its Parquet files."""
         cursor = self._db.cursor()
         try:
             rows = cursor.sql(
-                "SELECT table_name, estimated_size FROM duckdb_tables() WHERE schema_name = 'main'"
+                "SELECT table_name, estimated_size FROM duckdb_tables() WHERE schema_name IN ('main', $1)",
+                params=[BASE_SCHEMA],
             ).fetchall()
         finally:
             cursor.close()
-        return {str(name).lower(): int(size) for name, size in rows}
+        counts = {str(name).lower(): int(size) for name, size in rows}
+        for name, n in self.dataset_rows().items():
+            counts[name] = counts.get(name, 0) + n
+        return counts
+
+    def cursor(self) -> duckdb.DuckDBPyConnection:
+        """A new cursor on the database, for the dataset registry's views."""
+        return self._db.cursor()
 
     def health(self) -> dict[str, Any]:
         cursor = self._db.cursor()

@@ -1,0 +1,407 @@
+"""DoPut ingestion: a put's batches streamed into partitioned ZSTD Parquet, then committed.
+
+A put is checked against its dataset before the first batch is read (`Conformer`), each
+batch is validated in full and cast before it is written, and `ParquetSink` writes the
+rows as they arrive: buffered per partition up to `buffer_bytes` in all, one open file per
+partition under a temporary name. At the end every file is fsynced and renamed into
+place, directories are fsynced, and the dataset's manifest commits the files as one (see
+datasets.py); only then is the put acknowledged. A failed, refused or cancelled put
+removes its files, and start-up removes whatever a crash left behind.
+
+`dataset.compact` merges the small files of each partition into one and swaps them in
+with one manifest commit, so readers see each partition either before or after.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import logging
+import os
+import uuid
+from collections import Counter, OrderedDict
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from flight_server.datasets import (
+    TEMP_PREFIX,
+    DataFile,
+    Dataset,
+    DatasetRegistry,
+    check_dataset_name,
+    columns_fingerprint,
+    fsync_path,
+)
+from flight_server.errors import (
+    Cancelled,
+    ChronoError,
+    InternalError,
+    InvalidArgument,
+    NotFound,
+    ResourceExhausted,
+    one_line,
+)
+from flight_server.ingest_schema import Conformer
+from flight_server.settings import IngestSettings
+
+logger = logging.getLogger(__name__)
+
+MAX_OPEN_FILES = 512  # open Parquet writers per put; past it the least recently used is finished
+SINK_THREADS = 2  # partitions encoded and compressed at once
+SMALL_FILE_BYTES = 64 * 1024 * 1024  # compaction merges the files under this size
+_COMPACT_BATCH_ROWS = 65_536
+
+
+class CacheBumper(Protocol):
+    def bump(self, tables: Iterable[str]) -> None: ...
+
+
+@dataclass
+class _OpenFile:
+    partition: str
+    temp: Path
+    final: Path
+    writer: pq.ParquetWriter | None
+    rows: int = 0
+
+
+class ParquetSink:
+    """Writes batches into one ZSTD Parquet file per partition, under temporary names.
+
+    Memory is bounded by `buffer_bytes`: half may be buffered while the other half is
+    being encoded by the writer threads. `finish` fsyncs and renames the files into place;
+    `abort` removes every file this sink created.
+    """
+
+    def __init__(self, directory: Path, prefix: str, schema: pa.Schema, settings: IngestSettings) -> None:
+        self._directory = directory
+        self._prefix = prefix
+        self._schema = schema
+        self._zstd_level = settings.zstd_level
+        self._row_group_rows = settings.row_group_rows
+        self._flush_bytes = max(1, settings.buffer_bytes // 2)
+        self._buffers: dict[str, list[pa.RecordBatch]] = {}
+        self._buffered_rows: Counter[str] = Counter()
+        self._buffered_bytes = 0
+        self._open: OrderedDict[str, _OpenFile] = OrderedDict()
+        self._files: list[_OpenFile] = []
+        self._pending: list[Future[None]] = []
+        self._pool = ThreadPoolExecutor(SINK_THREADS, thread_name_prefix="parquet-sink")
+
+    def write(self, partition: str, batch: pa.RecordBatch) -> None:
+        if not batch.num_rows:
+            return
+        self._buffers.setdefault(partition, []).append(batch)
+        self._buffered_rows[partition] += batch.num_rows
+        self._buffered_bytes += batch.nbytes
+        if self._buffered_bytes >= self._flush_bytes or self._buffered_rows[partition] >= self._row_group_rows:
+            self._flush()
+
+    def _flush(self) -> None:
+        self._wait()  # the writers are idle from here on
+        jobs = [(self._writer(p), pa.Table.from_batches(b, self._schema)) for p, b in self._buffers.items()]
+        self._buffers, self._buffered_rows, self._buffered_bytes = {}, Counter(), 0
+        self._pending = [self._pool.submit(self._write, file, table) for file, table in jobs]
+
+    def _write(self, file: _OpenFile, table: pa.Table) -> None:
+        assert file.writer is not None
+        file.writer.write_table(table, row_group_size=self._row_group_rows)
+        file.rows += table.num_rows
+
+    def _wait(self) -> None:
+        pending, self._pending = self._pending, []
+        for future in pending:
+            future.result()
+
+    def _writer(self, partition: str) -> _OpenFile:
+        file = self._open.get(partition)
+        if file is not None:
+            self._open.move_to_end(partition)
+            return file
+        if len(self._open) >= MAX_OPEN_FILES:
+            _, oldest = self._open.popitem(last=False)
+            self._close(oldest)
+        folder = self._directory / partition if partition else self._directory
+        folder.mkdir(parents=True, exist_ok=True)
+        name = f"{self._prefix}-{len(self._files)}.parquet"
+        file = _OpenFile(partition, folder / f"{TEMP_PREFIX}{name}", folder / name, None)
+        self._files.append(file)  # before opening: abort() must find it whatever happens
+        file.writer = pq.ParquetWriter(
+            str(file.temp), self._schema, compression="zstd", compression_level=self._zstd_level
+        )
+        self._open[partition] = file
+        return file
+
+    @staticmethod
+    def _close(file: _OpenFile) -> None:
+        writer, file.writer = file.writer, None
+        if writer is not None:
+            writer.close()
+
+    def finish(self, ensure_file: bool = False) -> list[DataFile]:
+        """Write out the rest, make every file durable under its final name; the files."""
+        if self._buffers:
+            self._flush()
+        self._wait()
+        if ensure_file and not self._files:
+            self._writer("")  # an empty file keeps the schema of a new, empty dataset
+        while self._open:
+            self._close(self._open.popitem()[1])
+        list(self._pool.map(lambda f: fsync_path(f.temp), self._files))
+        folders: set[Path] = set()
+        for file in self._files:
+            os.rename(file.temp, file.final)
+            folder = file.final.parent
+            while folder != self._directory.parent and folder not in folders:
+                folders.add(folder)
+                folder = folder.parent
+        for folder in sorted(folders, key=lambda p: len(p.parts), reverse=True):
+            fsync_path(folder)
+        fsync_path(self._directory.parent)
+        fingerprint = columns_fingerprint(self._schema.names)
+        return [
+            DataFile(
+                f.final.relative_to(self._directory).as_posix(),
+                f.rows,
+                f.final.stat().st_size,
+                f.partition,
+                fingerprint,
+            )
+            for f in self._files
+        ]
+
+    def abort(self) -> None:
+        """Remove every file of this sink, renamed or not (best effort, never raises)."""
+        for future in self._pending:
+            future.cancel()
+        for future in self._pending:
+            try:
+                future.result()
+            except BaseException:  # noqa: S112 - the put already failed; this is clean-up
+                continue
+        self._pending = []
+        for file in self._files:
+            with contextlib.suppress(Exception):
+                self._close(file)
+            for path in (file.temp, file.final):
+                path.unlink(missing_ok=True)
+        self._open.clear()
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _put_marker(metadata: pa.Buffer | None) -> dict[str, Any] | None:
+    """A put-protocol message: app_metadata JSON with a "put" key (other metadata is ignored)."""
+    if metadata is None or metadata.size > 4096:
+        return None
+    try:
+        value = json.loads(metadata.to_pybytes())
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    return value if isinstance(value, dict) and "put" in value else None
+
+
+def _batches(reader: Any) -> Iterator[pa.RecordBatch]:
+    """The record batches of a DoPut stream; a broken or aborted stream raises.
+
+    Plain DoPut clients just end the stream. A client may also mark it: app_metadata
+    `{"put": "begin"}` first and `{"put": "commit", "rows": n}` last make the put count
+    only when the commit arrives with the right row count, so a writer closed midway
+    (a crashed program) stores nothing; `{"put": "abort"}` drops the put.
+    """
+    begun = committed = False
+    rows = 0
+    while True:
+        try:
+            chunk = reader.read_chunk()
+        except StopIteration:
+            break
+        except pa.ArrowInvalid as exc:
+            raise InvalidArgument(f"malformed upload: {one_line(str(exc))}") from None
+        except (pa.ArrowException, OSError) as exc:
+            raise Cancelled(f"the upload stream broke: {one_line(str(exc))}") from None
+        marker = _put_marker(chunk.app_metadata)
+        if committed and (chunk.data is not None or marker is not None):
+            raise InvalidArgument('nothing may follow {"put": "commit"}; nothing was stored')
+        if chunk.data is not None:
+            rows += chunk.data.num_rows
+            yield chunk.data
+        if marker is None:
+            continue
+        if marker["put"] == "abort":
+            raise Cancelled("the client aborted the put; nothing was stored")
+        begun = begun or marker["put"] == "begin"
+        if marker["put"] == "commit":
+            if marker.get("rows") != rows:
+                raise InvalidArgument(
+                    f"the client committed {marker.get('rows')} rows but sent {rows}; nothing was stored"
+                )
+            committed = True
+    if begun and not committed:
+        raise Cancelled("the put stream ended without its commit; nothing was stored")
+
+
+class IngestService:
+    """Puts and compactions of datasets (see module docstring)."""
+
+    def __init__(
+        self,
+        settings: IngestSettings,
+        datasets: DatasetRegistry,
+        cache: CacheBumper,
+        owner: Callable[[str], str | None] = lambda name: None,
+    ) -> None:
+        self.settings = settings
+        self.datasets = datasets
+        self._cache = cache
+        self._owner = owner
+
+    def resolve(self, raw_name: object) -> Dataset:
+        """The dataset a put goes to, created (not yet committed) when new ones are allowed."""
+        name = check_dataset_name(raw_name)
+        dataset = self.datasets.get(name)
+        if dataset is not None:
+            return dataset
+        if not self.settings.allow_new_datasets:
+            raise NotFound(
+                f"unknown dataset '{name}'; this server takes puts only into {', '.join(self.datasets.names())} "
+                "(FLIGHT_INGEST__ALLOW_NEW_DATASETS is off)"
+            )
+        if name in self.datasets.reserved:
+            raise InvalidArgument(f"dataset name '{name}' is a reserved SQL word; choose another")
+        owner = self._owner(name)
+        if owner is not None:
+            raise InvalidArgument(f"'{name}' is already a table of engine {owner}; choose another dataset name")
+        return self.datasets.get_or_new(name)
+
+    def put(self, raw_name: object, reader: Any, cancelled: Callable[[], bool] = lambda: False) -> dict[str, Any]:
+        """Stream a DoPut into its dataset; the put result once it is durable and visible."""
+        self.datasets.sweep_retired()
+        dataset = self.resolve(raw_name)
+        conformer = Conformer(reader.schema, dataset, self.settings.max_columns, self.settings.max_nesting_depth)
+        sink = ParquetSink(dataset.directory, f"put-{uuid.uuid4().hex[:16]}", conformer.schema, self.settings)
+        rows = size = 0
+        try:
+            for batch in _batches(reader):
+                rows, size = rows + batch.num_rows, size + batch.nbytes
+                if rows > self.settings.max_put_rows:
+                    raise ResourceExhausted(
+                        f"put has more than {self.settings.max_put_rows:,} rows; nothing was stored, split it"
+                    )
+                if size > self.settings.max_put_bytes:
+                    raise ResourceExhausted(
+                        f"put has more than {self.settings.max_put_bytes:,} Arrow bytes; nothing was stored, split it"
+                    )
+                batch, codes = conformer.conform(batch)
+                for partition, part in conformer.split(batch, codes):
+                    sink.write(partition, part)
+            if cancelled():
+                raise Cancelled("the client went away before the put finished; nothing was stored")
+            files = sink.finish(ensure_file=dataset.schema is None)
+            if cancelled():
+                raise Cancelled("the client went away before the put finished; nothing was stored")
+            self.datasets.commit(dataset, conformer.schema, files)
+        except BaseException as exc:
+            sink.abort()
+            raise _storage_error(exc) from None
+        finally:
+            sink.close()
+        self._cache.bump([dataset.name])
+        return {
+            "rows": rows,
+            "files": [f"{dataset.name}/{f.path}" for f in files],
+            "bytes": sum(f.bytes for f in files),
+        }
+
+    def compact(self, raw_name: object, partition: object = None) -> dict[str, Any]:
+        """Merge the small files of each partition (or of one) into one file per partition.
+
+        `partition` is a hive path ("partition_year=2024/partition_month=5") or an object
+        of key values ({"partition_year": 2024, "partition_month": 5}).
+        """
+        name = check_dataset_name(raw_name)
+        dataset = self.datasets.get(name)
+        if dataset is None:
+            raise NotFound(f"unknown dataset '{name}'; ListFlights shows the datasets")
+        if isinstance(partition, dict):
+            keys = [key for key, _ in dataset.partitioning.keys] if dataset.partitioning else []
+            if sorted(partition) != sorted(keys):
+                raise InvalidArgument(f"'partition' of dataset '{name}' needs the keys {', '.join(keys) or '(none)'}")
+            partition = "/".join(f"{key}={partition[key]}" for key in keys)
+        if partition is not None and not isinstance(partition, str):
+            raise InvalidArgument("'partition' must be an object of partition keys or a hive path")
+        with dataset.compact_lock:
+            self.datasets.sweep_retired()
+            with dataset.lock:
+                files, schema = list(dataset.files), dataset.schema
+            assert schema is not None
+            groups: dict[str, list[DataFile]] = {}
+            for file in files:
+                groups.setdefault(file.partition, []).append(file)
+            if partition is not None:
+                if partition not in groups:
+                    raise NotFound(f"dataset '{name}' has no files in partition '{partition[:120]}'")
+                groups = {partition: groups[partition]}
+            fingerprint = columns_fingerprint(schema.names)
+            chosen = {}
+            for key, group in groups.items():
+                small = [f for f in group if f.bytes < SMALL_FILE_BYTES or f.columns != fingerprint]
+                if len(small) > 1 or (small and small[0].columns != fingerprint):
+                    chosen[key] = small
+            old = [f for group in chosen.values() for f in group]
+            new: list[DataFile] = []
+            if old:
+                new = self._merge(dataset, schema, chosen)
+        self.datasets.sweep_retired()
+        return {
+            "dataset": name,
+            "partitions": len(chosen),
+            "files_before": len(old),
+            "files_after": len(new),
+            "rows": sum(f.rows for f in new),
+            "bytes_before": sum(f.bytes for f in old),
+            "bytes_after": sum(f.bytes for f in new),
+        }
+
+    def _merge(self, dataset: Dataset, schema: pa.Schema, chosen: dict[str, list[DataFile]]) -> list[DataFile]:
+        sink = ParquetSink(dataset.directory, f"compact-{uuid.uuid4().hex[:16]}", schema, self.settings)
+        try:
+            for partition, group in chosen.items():
+                for file in group:
+                    parquet = pq.ParquetFile(dataset.directory / file.path)
+                    for batch in parquet.iter_batches(batch_size=_COMPACT_BATCH_ROWS):
+                        sink.write(partition, _with_schema(batch, schema))
+            new = sink.finish()
+            self.datasets.replace(dataset, [f for group in chosen.values() for f in group], new)
+        except BaseException as exc:
+            sink.abort()
+            raise _storage_error(exc) from None
+        finally:
+            sink.close()
+        return new
+
+
+def _with_schema(batch: pa.RecordBatch, schema: pa.Schema) -> pa.RecordBatch:
+    """A batch of an older file in the current schema: columns added since are null."""
+    names = batch.schema.names
+    arrays = [
+        batch.column(names.index(f.name)) if f.name in names else pa.nulls(batch.num_rows, f.type) for f in schema
+    ]
+    return pa.RecordBatch.from_arrays(arrays, schema=schema)
+
+
+def _storage_error(exc: BaseException) -> BaseException:
+    if isinstance(exc, ChronoError) or not isinstance(exc, OSError):
+        return exc
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return ResourceExhausted("the server's disk is full; nothing was stored")
+    logger.error("dataset storage failed", exc_info=exc)
+    return InternalError("the server could not store the data; nothing was stored")
