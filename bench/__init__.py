@@ -1,0 +1,1 @@
+"""Benchmark harness of Chrono Flight: `python -m bench.run` (see bench/run.py)."""
