@@ -37,9 +37,7 @@ def _metadata(handle: ServerHandle, command: dict[str, Any]) -> tuple[pa.Table, 
 
 def _unique_sql() -> str:
     # a fresh cache key every time: the alias differs
-    return (
-        f"SELECT domain, count(*) AS n_{uuid.uuid4().hex[:8]} FROM cdx_records GROUP BY 1 ORDER BY 2 DESC, 1"
-    )
+    return f"SELECT domain, count(*) AS n_{uuid.uuid4().hex[:8]} FROM cdx_records GROUP BY 1 ORDER BY 2 DESC, 1"
 
 
 # -- L1 on the shared server -------------------------------------------------------------
@@ -258,13 +256,9 @@ _ARROW_TABLES = st.sampled_from(
         pa.table({"t": pa.array([0, None, 10**15], pa.timestamp("us", tz="Europe/Amsterdam"))}),
         pa.table({"d": pa.array([Decimal("1.23"), None], pa.decimal128(10, 2))}),
         pa.table({"l": pa.array([[1, 2], None, []], pa.list_(pa.int32()))}),
-        pa.table(
-            {"st": pa.array([{"a": 1, "b": "x"}, None], pa.struct([("a", pa.int8()), ("b", pa.string())]))}
-        ),
+        pa.table({"st": pa.array([{"a": 1, "b": "x"}, None], pa.struct([("a", pa.int8()), ("b", pa.string())]))}),
         pa.table({"dict": pa.array(["a", "b", "a", None]).dictionary_encode()}),
-        pa.table(
-            {"nested": pa.array([[{"k": [1.0]}], None], pa.list_(pa.struct([("k", pa.list_(pa.float64()))])))}
-        ),
+        pa.table({"nested": pa.array([[{"k": [1.0]}], None], pa.list_(pa.struct([("k", pa.list_(pa.float64()))])))}),
         pa.table({"empty": pa.array([], pa.string())}),
         pa.table({"dt": pa.array([0, None], pa.date32()), "b": pa.array([True, None])}),
     ]
@@ -287,3 +281,22 @@ def test_cache_arrow_types_round_trip_through_redis(
         assert back.equals(original)
     finally:
         store.close()
+
+
+def test_cache_result_read_before_an_ingest_is_never_served_after_it(tmp_path: Path) -> None:
+    from chrono_flight_client import ChronoFlightClient
+
+    handle = start_server(tmp_path / "data", rows=0, cache=CacheSettings(warm_top_n=0))
+    try:
+        with ChronoFlightClient.connect(handle.location) as client:
+            client.ingest("page_events", pa.table({"page": ["a", "b"], "n": [1, 2]}))
+            count = {"sql": "SELECT count(*) AS n, sum(n) AS total FROM page_events"}
+            before, meta = _metadata(handle, count)
+            assert meta["cache"] == "miss" and before.column("n")[0].as_py() == 2
+            assert _metadata(handle, count)[1]["cache"] == "hit-l1"
+            client.ingest("page_events", pa.table({"page": ["c"], "n": [40]}))
+            after, meta = _metadata(handle, count)
+            assert meta["cache"] == "miss"
+            assert (after.column("n")[0].as_py(), after.column("total")[0].as_py()) == (3, 43)
+    finally:
+        stop_server(handle)
