@@ -50,7 +50,7 @@ def scope_sql(sql: str, projects: Sequence[str], scoped: Mapping[str, str], dial
         tree = sqlglot.parse_one(sql, read=dialect)
     except sqlglot.errors.SqlglotError as exc:
         raise InvalidArgument(f"SQL syntax error: {str(exc).splitlines()[0]}") from None
-    return scope_tree(tree, projects, scoped).sql(dialect=dialect)
+    return str(scope_tree(tree, projects, scoped).sql(dialect=dialect))
 
 
 def scope_tree(tree: Any, projects: Sequence[str], scoped: Mapping[str, str]) -> Any:
