@@ -98,6 +98,32 @@ class IngestSettings(BaseModel):
     )
 
 
+class AuthSettings(BaseModel):
+    jwt_secret: str | None = Field(None, description="HS256 secret; auth is on when a secret or a public key is set")
+    jwt_public_key_file: Path | None = Field(None, description="PEM public key for RS256/ES256 tokens")
+    algorithms: list[str] = Field(
+        ["RS256", "ES256"], description="algorithms accepted with the public key (HS256 only with the secret)"
+    )
+    audience: str = Field("chrono-flight", description="required `aud` claim")
+    issuer: str | None = Field(None, description="required `iss` claim, when set")
+    leeway_s: float = Field(30.0, ge=0, description="clock skew allowed on exp, nbf and iat")
+    issued_token_ttl_s: float = Field(3600.0, gt=0, description="lifetime of tokens issued by the basic-auth login")
+    users_file: Path | None = Field(
+        None,
+        description="JSON list of basic-auth users {username, password_hash, role, projects} (besides the users table)",
+    )
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.jwt_secret or self.jwt_public_key_file)
+
+
+class TLSSettings(BaseModel):
+    cert_file: Path | None = Field(None, description="PEM certificate of the Flight port; TLS is on when set")
+    key_file: Path | None = Field(None, description="PEM private key of that certificate")
+    client_ca_file: Path | None = Field(None, description="mutual TLS: CA that client certificates must chain to")
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="FLIGHT_", env_nested_delimiter="__", extra="ignore", frozen=True)
 
@@ -112,6 +138,8 @@ class Settings(BaseSettings):
     cache: CacheSettings = Field(default_factory=CacheSettings)  # type: ignore[arg-type]
     redis: RedisSettings = Field(default_factory=RedisSettings)  # type: ignore[arg-type]
     ingest: IngestSettings = Field(default_factory=IngestSettings)  # type: ignore[arg-type]
+    auth: AuthSettings = Field(default_factory=AuthSettings)  # type: ignore[arg-type]
+    tls: TLSSettings = Field(default_factory=TLSSettings)  # type: ignore[arg-type]
 
     @property
     def duckdb_path(self) -> Path:
