@@ -115,16 +115,10 @@ def dataset_compact(app: App, ctx: RequestContext, body: bytes) -> dict[str, Any
 ACTIONS: dict[str, ActionSpec] = {
     spec.name: spec
     for spec in (
-        ActionSpec(
-            "health", "Diagnostics as JSON: engines, active queries, requests, memory, warnings.", health
-        ),
-        ActionSpec(
-            "explain", "Body: a command. The routing decision, final SQL and the engine's plan.", explain
-        ),
+        ActionSpec("health", "Diagnostics as JSON: engines, active queries, requests, memory, warnings.", health),
+        ActionSpec("explain", "Body: a command. The routing decision, final SQL and the engine's plan.", explain),
         ActionSpec("query.cancel", 'Body: {"query_id": ...}. Interrupt a running query.', cancel),
-        ActionSpec(
-            "cache.stats", "Hits and misses per cache level, bytes, evictions, hit ratio.", cache_stats
-        ),
+        ActionSpec("cache.stats", "Hits and misses per cache level, bytes, evictions, hit ratio.", cache_stats),
         ActionSpec(
             "cache.invalidate",
             'Body: {"tables": [...]} and/or {"queries": "domains.*"}. Bumps data versions: cached '

@@ -11,14 +11,16 @@ from typing import Any
 
 import duckdb
 
-from flight_server import __version__
+from flight_server import __version__, oltp
 from flight_server.cache import build_cache
 from flight_server.catalog import load_catalog
 from flight_server.context import RunningQueries
 from flight_server.datasets import DatasetRegistry
 from flight_server.engines.base import Engine
 from flight_server.engines.duckdb import DuckDBEngine
+from flight_server.engines.postgres import PostgresEngine
 from flight_server.executor import QueryExecutor
+from flight_server.hybrid import HybridRunner
 from flight_server.ingest import IngestService
 from flight_server.router import Router, TableRegistry
 from flight_server.settings import Settings
@@ -46,9 +48,7 @@ class RequestStats:
 
 
 class App:
-    def __init__(
-        self, settings: Settings, prepare: Callable[[duckdb.DuckDBPyConnection], None] | None = None
-    ) -> None:
+    def __init__(self, settings: Settings, prepare: Callable[[duckdb.DuckDBPyConnection], None] | None = None) -> None:
         self.settings = settings
         self.version = __version__
         self.started = time.time()
@@ -58,8 +58,17 @@ class App:
         self.datasets.open()
         self.duckdb.dataset_rows = self.datasets.row_counts
         self.engines: dict[str, Engine] = {"duckdb": self.duckdb}
-        self.registry = TableRegistry({"duckdb": self.duckdb.refresh_tables})
-        self.router = Router(self.registry, self.engines)
+        sources: dict[str, Callable[[], dict[str, str]]] = {"duckdb": self.duckdb.refresh_tables}
+        self.postgres: PostgresEngine | None = None
+        self.hybrid: HybridRunner | None = None
+        if settings.postgres.uri:
+            self.postgres = self._start_postgres(settings)
+            self.engines["postgres"] = self.postgres
+            sources["postgres"] = self.postgres.refresh_tables
+            self.hybrid = HybridRunner(self.duckdb, self.postgres)
+        self.registry = TableRegistry(sources)
+        breakers = {"postgres": self.postgres.breaker} if self.postgres is not None else {}
+        self.router = Router(self.registry, self.engines, breakers)
         self.catalog = load_catalog(settings.schemas_dir / "catalog.toml")
         self.cache = build_cache(settings)
         self.ingest = IngestService(settings.ingest, self.datasets, self.cache, self.registry.owner)
@@ -70,6 +79,7 @@ class App:
             self.cache,
             self.duckdb.syntax_error,
             deadline_s=settings.duckdb.query_deadline_s,
+            hybrid=self.hybrid,
         )
         self.executor.validate_catalog()
         self.warmer = CacheWarmer(self.executor, self.cache, settings.cache)
@@ -79,6 +89,16 @@ class App:
             "server parts ready",
             extra={"fields": {"engines": sorted(self.engines), "named_queries": len(self.catalog)}},
         )
+
+    def _start_postgres(self, settings: Settings) -> PostgresEngine:
+        uri = settings.postgres.uri
+        assert uri is not None
+        if settings.postgres.apply_schema:
+            try:
+                oltp.apply_schema(uri, settings.schemas_dir)
+            except Exception as exc:  # PostgreSQL down at start-up: serve DuckDB, retry later
+                logger.warning("postgres schema not applied", extra={"fields": {"error": str(exc).splitlines()[0]}})
+        return PostgresEngine(settings.postgres, self.running, settings.duckdb.query_deadline_s)
 
     def close(self) -> None:
         self.warmer.close()

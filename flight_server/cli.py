@@ -41,23 +41,31 @@ def _progress() -> Iterator[Callable[[str, int, int], None]]:
         yield update
 
 
-def _fill_demo(con: duckdb.DuckDBPyConnection, rows: int, seed: int, only_if_empty: bool) -> None:
+def _fill_demo(con: duckdb.DuckDBPyConnection, settings: Settings, rows: int, seed: int, only_if_empty: bool) -> None:
+    """Demo data into DuckDB and, when configured, PostgreSQL (each only if empty, on request)."""
+    from flight_server import oltp
     from flight_server.demo import generate_demo_data
 
-    if only_if_empty:
-        existing = con.sql("SELECT count(*) FROM cdx_records").fetchall()[0][0]
-        if existing:
-            logger.info(
-                "demo data not generated: cdx_records already has rows", extra={"fields": {"rows": existing}}
-            )
-            return
+    uri = settings.postgres.uri
     with _progress() as progress:
-        summary = generate_demo_data(con, rows, seed=seed, progress=progress)
-    err.print(
-        f"demo data: {summary.cdx_records:,} CDX records, {summary.content_analytics:,} content rows, "
-        f"{summary.performance_metrics:,} metrics, {summary.projects} projects, {summary.domains:,} domains "
-        f"in {summary.seconds:.1f} s"
-    )
+        existing = con.sql("SELECT count(*) FROM cdx_records").fetchall()[0][0]
+        if only_if_empty and existing:
+            logger.info("demo data not generated: cdx_records has rows", extra={"fields": {"rows": existing}})
+        else:
+            summary = generate_demo_data(con, rows, seed=seed, progress=progress)
+            err.print(
+                f"demo data: {summary.cdx_records:,} CDX records, {summary.content_analytics:,} content rows, "
+                f"{summary.performance_metrics:,} metrics, {summary.projects} projects, "
+                f"{summary.domains:,} domains in {summary.seconds:.1f} s"
+            )
+        if uri:
+            oltp.apply_schema(uri, settings.schemas_dir)
+            if not only_if_empty or oltp.is_empty(uri):
+                counts = oltp.seed_demo(uri, con, seed=seed, progress=progress)
+                err.print(
+                    f"demo data in PostgreSQL: {counts['projects']} projects, "
+                    f"{counts['scrape_pages']:,} scrape pages, {counts['audit_logs']:,} audit log rows"
+                )
 
 
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
@@ -66,7 +74,7 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
 
     def prepare(con: duckdb.DuckDBPyConnection) -> None:
         if args.demo:
-            _fill_demo(con, args.rows, args.seed, only_if_empty=True)
+            _fill_demo(con, settings, args.rows, args.seed, only_if_empty=True)
 
     app = App(settings, prepare=prepare)
     server = ChronoFlightServer(app)
@@ -91,7 +99,7 @@ def cmd_demo_data(args: argparse.Namespace, settings: Settings) -> int:
         from flight_server.datasets import apply_schema
 
         apply_schema(con, settings.schemas_dir)
-        _fill_demo(con, args.rows, args.seed, only_if_empty=False)
+        _fill_demo(con, settings, args.rows, args.seed, only_if_empty=False)
     finally:
         con.close()
     return 0
@@ -116,9 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", help="start the Flight server")
-    serve.add_argument(
-        "--demo", action="store_true", help="fill an empty data directory with demo data first"
-    )
+    serve.add_argument("--demo", action="store_true", help="fill an empty data directory with demo data first")
     serve.add_argument("--rows", type=int, default=1_000_000, help="demo CDX rows (with --demo)")
     serve.add_argument("--seed", type=int, default=42, help="demo data seed (with --demo)")
     serve.set_defaults(func=cmd_serve)

@@ -101,9 +101,7 @@ class ChronoFlightServer(flight.FlightServerBase):  # type: ignore[misc]
 
         return self._rpc("GetFlightInfo", context, "info", handle)
 
-    def get_schema(
-        self, context: flight.ServerCallContext, descriptor: flight.FlightDescriptor
-    ) -> flight.SchemaResult:
+    def get_schema(self, context: flight.ServerCallContext, descriptor: flight.FlightDescriptor) -> flight.SchemaResult:
         def handle(ctx: RequestContext) -> flight.SchemaResult:
             plan = self.app.executor.plan(self._command(descriptor), ctx)
             schema = self.app.executor.schema(plan)
@@ -197,9 +195,7 @@ class ChronoFlightServer(flight.FlightServerBase):  # type: ignore[misc]
         def handle(ctx: RequestContext) -> list[bytes]:
             spec = ACTIONS.get(action.type)
             if spec is None:
-                raise NotFound(
-                    f"unknown action '{action.type:.60}'; ListActions shows them: " + ", ".join(ACTIONS)
-                )
+                raise NotFound(f"unknown action '{action.type:.60}'; ListActions shows them: " + ", ".join(ACTIONS))
             body = action.body.to_pybytes() if action.body is not None else b""
             result = spec.handler(self.app, ctx, body)
             self._log(ctx, action.type, "ok")

@@ -153,8 +153,10 @@ class DuckDBEngine:
         finally:
             cursor.close()
 
-    def explain(self, sql: str, params: Params) -> str:
+    def explain(self, sql: str, params: Params, relations: dict[str, pa.Table] | None = None) -> str:
         cursor = self._db.cursor()
+        for name, table in (relations or {}).items():
+            cursor.register(name, table)
         try:
             relation = cursor.sql(f"EXPLAIN {sql}", params=params)
             rows = relation.fetchall() if relation is not None else []
