@@ -21,6 +21,7 @@ class ActionSpec:
     name: str
     description: str
     handler: Callable[[App, RequestContext, bytes], Any]
+    permission: str = "metadata"  # what the caller's role must allow (flight_server.auth.PERMISSIONS)
 
 
 def _json_body(body: bytes) -> dict[str, Any]:
@@ -117,19 +118,21 @@ ACTIONS: dict[str, ActionSpec] = {
     for spec in (
         ActionSpec("health", "Diagnostics as JSON: engines, active queries, requests, memory, warnings.", health),
         ActionSpec("explain", "Body: a command. The routing decision, final SQL and the engine's plan.", explain),
-        ActionSpec("query.cancel", 'Body: {"query_id": ...}. Interrupt a running query.', cancel),
+        ActionSpec("query.cancel", 'Body: {"query_id": ...}. Interrupt a running query.', cancel, "admin"),
         ActionSpec("cache.stats", "Hits and misses per cache level, bytes, evictions, hit ratio.", cache_stats),
         ActionSpec(
             "cache.invalidate",
             'Body: {"tables": [...]} and/or {"queries": "domains.*"}. Bumps data versions: cached '
             "results that read them are never served again.",
             cache_invalidate,
+            "admin",
         ),
         ActionSpec(
             "dataset.compact",
             'Body: {"dataset": ..., "partition": {"partition_year": 2024, ...} (optional)}. Merges the small '
             "Parquet files of each partition into one, atomically for readers.",
             dataset_compact,
+            "admin",
         ),
     )
 }

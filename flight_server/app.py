@@ -12,6 +12,7 @@ from typing import Any
 import duckdb
 
 from flight_server import __version__, oltp
+from flight_server.auth import Authenticator, Credentials
 from flight_server.cache import build_cache
 from flight_server.catalog import load_catalog
 from flight_server.context import RunningQueries
@@ -23,6 +24,7 @@ from flight_server.executor import QueryExecutor
 from flight_server.hybrid import HybridRunner
 from flight_server.ingest import IngestService
 from flight_server.router import Router, TableRegistry
+from flight_server.security import configured_users
 from flight_server.settings import Settings
 from flight_server.warming import CacheWarmer
 
@@ -69,6 +71,8 @@ class App:
         self.registry = TableRegistry(sources)
         breakers = {"postgres": self.postgres.breaker} if self.postgres is not None else {}
         self.router = Router(self.registry, self.engines, breakers)
+        self.auth = Authenticator(settings.auth, self._lookup_user)
+        self._configured_users = configured_users(settings.auth.users_file)
         self.catalog = load_catalog(settings.schemas_dir / "catalog.toml")
         self.cache = build_cache(settings)
         self.ingest = IngestService(settings.ingest, self.datasets, self.cache, self.registry.owner)
@@ -89,6 +93,26 @@ class App:
             "server parts ready",
             extra={"fields": {"engines": sorted(self.engines), "named_queries": len(self.catalog)}},
         )
+
+    def _lookup_user(self, username: str) -> Credentials | None:
+        """Basic-auth users: the configured list first, then approved users of the users table.
+
+        Users of the table log in as analysts scoped to the projects they own.
+        """
+        if username in self._configured_users:
+            return self._configured_users[username]
+        uri = self.settings.postgres.uri
+        if not uri:
+            return None
+        try:
+            row = oltp.find_user(uri, username)
+        except Exception as exc:  # PostgreSQL down: nobody from the table can log in now
+            logger.warning("user lookup failed", extra={"fields": {"error": str(exc).splitlines()[0]}})
+            return None
+        if row is None:
+            return None
+        email, password_hash, projects = row
+        return Credentials(email, password_hash, "analyst", tuple(projects))
 
     def _start_postgres(self, settings: Settings) -> PostgresEngine:
         uri = settings.postgres.uri

@@ -25,9 +25,11 @@ from flight_server.catalog import Catalog, NamedQuery
 from flight_server.commands import Command
 from flight_server.context import RequestContext
 from flight_server.engines.base import Engine, QueryResult
-from flight_server.errors import NotFound, Unavailable
+from flight_server.errors import NotFound, PermissionDenied, Unavailable
 from flight_server.hybrid import HybridRunner, to_postgres
 from flight_server.router import Router
+from flight_server.scoping import PROJECT_COLUMNS, scope_sql
+from flight_server.security import require
 from flight_server.sqlguard import check_read_only
 
 logger = logging.getLogger(__name__)
@@ -114,6 +116,7 @@ class QueryExecutor:
         self.hybrid = hybrid
         self._syntax_error = syntax_error
         self._named_schemas: dict[str, pa.Schema] = {}
+        self._scoped_cache: tuple[frozenset[str], dict[str, str]] | None = None
         self._named_trees = {q.name: sqlglot.parse_one(q.sql, read="duckdb") for q in catalog}
 
     def validate_catalog(self) -> None:
@@ -142,7 +145,43 @@ class QueryExecutor:
     # -- planning ----------------------------------------------------------------------
 
     def plan(self, command: Command, ctx: RequestContext) -> Plan:
+        plan = self._plan(command, ctx)
+        if ctx.caller.projects is not None:
+            self._scope(plan, ctx.caller.projects)
+        return plan
+
+    def _scope(self, plan: Plan, projects: tuple[str, ...]) -> None:
+        """Rewrite the plan's SQL so that it reads only the caller's projects."""
+        if plan.named is not None:
+            for param in plan.named.params:
+                value = plan.params.get(param.name) if isinstance(plan.params, dict) else None
+                wanted = value if isinstance(value, list) else [value] if param.name.startswith("project") else []
+                denied = [v for v in wanted if v is not None and v not in projects]
+                if denied:
+                    raise PermissionDenied(f"no access to project '{denied[0]}'")
+        scoped = {t: c for t, c in self.scoped_tables().items() if t in plan.tables}
+        if scoped:
+            plan.sql = scope_sql(plan.sql, projects, scoped)
+            plan.reason += f"; scoped to {len(projects)} project(s)"
+
+    def scoped_tables(self) -> dict[str, str]:
+        """Tables that carry a project: the known ones, and datasets with a project_id column."""
+        known = frozenset(self.router.registry.tables())
+        if self._scoped_cache is not None and self._scoped_cache[0] == known:
+            return self._scoped_cache[1]
+        tables = dict(PROJECT_COLUMNS)
+        for engine in self.engines.values():
+            columns = getattr(engine, "columns", None)
+            if callable(columns):
+                for table, cols in columns().items():
+                    if "project_id" in cols:
+                        tables.setdefault(table, "project_id")
+        self._scoped_cache = (known, tables)
+        return tables
+
+    def _plan(self, command: Command, ctx: RequestContext) -> Plan:
         if command.kind == "query":
+            require(ctx.caller, "query", "run named queries")
             named = self.catalog.get(command.target)
             params: Any = named.bind(command.params if isinstance(command.params, dict) else {})
             route = self.router.route(
@@ -164,6 +203,7 @@ class QueryExecutor:
                 ctx.query_id,
                 named,
             )
+        require(ctx.caller, "sql", "run raw SQL or read whole datasets")
         if command.kind == "dataset":
             name = command.target.lower()
             if not self.router.registry.has(name):

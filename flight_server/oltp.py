@@ -45,6 +45,19 @@ def apply_schema(uri: str, schemas_dir: Path) -> None:
     logger.info("postgres schema applied")
 
 
+def find_user(uri: str, email: str) -> tuple[str, str, list[str]] | None:
+    """(email, password hash, owned project ids) of an approved user, or None."""
+    with pg.connect(uri, autocommit=True) as conn, conn.cursor() as cur:
+        cur.execute(
+            "SELECT u.email, u.hashed_password, coalesce(array_agg(p.id) FILTER (WHERE p.id IS NOT NULL), '{}') "
+            "FROM users u LEFT JOIN projects p ON p.owner_id = u.id "
+            "WHERE u.email = $1 AND u.approval_status = 'approved' GROUP BY u.email, u.hashed_password",
+            (email,),
+        )
+        row = cur.fetchone()
+    return None if row is None else (str(row[0]), str(row[1]), [str(p) for p in row[2]])
+
+
 def is_empty(uri: str) -> bool:
     with pg.connect(uri, autocommit=True) as conn, conn.cursor() as cur:
         cur.execute("SELECT NOT EXISTS (SELECT 1 FROM projects)")

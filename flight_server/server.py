@@ -21,6 +21,7 @@ from flight_server.commands import Command, dataset_command, parse_command
 from flight_server.context import RequestContext
 from flight_server.errors import ChronoError, InvalidArgument, NotFound, to_flight_error
 from flight_server.executor import OpenResult
+from flight_server.security import AuthMiddlewareFactory, caller_of, check_bind_address, require, tls_options
 
 logger = logging.getLogger(__name__)
 
@@ -38,7 +39,11 @@ class ChronoFlightServer(flight.FlightServerBase):  # type: ignore[misc]
         # tracebacks with their own explicit limit.
         sys.tracebacklimit = 0
         settings = app.settings
-        super().__init__(location or f"grpc://{settings.host}:{settings.port}", **kwargs)
+        check_bind_address(settings)
+        tls = tls_options(settings)
+        scheme = "grpc+tls" if tls else "grpc"
+        kwargs.setdefault("middleware", {"auth": AuthMiddlewareFactory(app.auth)})
+        super().__init__(location or f"{scheme}://{settings.host}:{settings.port}", **tls, **kwargs)
         self.app = app
 
     # -- plumbing --------------------------------------------------------------------
@@ -46,7 +51,7 @@ class ChronoFlightServer(flight.FlightServerBase):  # type: ignore[misc]
     def _rpc(
         self, rpc: str, call_ctx: flight.ServerCallContext, label: str, handler: Callable[[RequestContext], T]
     ) -> T:
-        ctx = RequestContext(rpc=rpc, peer=call_ctx.peer() if call_ctx else "")
+        ctx = RequestContext(rpc=rpc, caller=caller_of(call_ctx), peer=call_ctx.peer() if call_ctx else "")
         try:
             result = handler(ctx)
         except BaseException as exc:
@@ -146,6 +151,7 @@ class ChronoFlightServer(flight.FlightServerBase):  # type: ignore[misc]
         def handle(ctx: RequestContext) -> None:
             if descriptor.descriptor_type != flight.DescriptorType.PATH or len(descriptor.path) != 1:
                 raise InvalidArgument("DoPut takes FlightDescriptor.for_path(dataset), e.g. for_path('cdx_records')")
+            require(ctx.caller, "ingest", "ingest data")
             result = self.app.ingest.put(descriptor.path[0], reader, context.is_cancelled)
             writer.write(pa.py_buffer(_metadata_bytes(result)))
             self._log(ctx, "put", "ok", rows=result["rows"], files=len(result["files"]), bytes=result["bytes"])
@@ -197,6 +203,7 @@ class ChronoFlightServer(flight.FlightServerBase):  # type: ignore[misc]
             if spec is None:
                 raise NotFound(f"unknown action '{action.type:.60}'; ListActions shows them: " + ", ".join(ACTIONS))
             body = action.body.to_pybytes() if action.body is not None else b""
+            require(ctx.caller, spec.permission, f"run the {spec.name} action")
             result = spec.handler(self.app, ctx, body)
             self._log(ctx, action.type, "ok")
             return [json.dumps(result, default=str).encode()]

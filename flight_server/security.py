@@ -1,0 +1,118 @@
+"""Security at the RPC boundary: who is calling, what they may do, and TLS.
+
+`AuthMiddlewareFactory` runs before any handler: it verifies the bearer token (or logs
+a basic-auth user in and hands back a bearer token in the response headers) and
+refuses the call with UNAUTHENTICATED otherwise. Handlers read the caller from the
+middleware; `require` checks a role's permission before any engine work.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import pyarrow.flight as flight
+
+from flight_server.auth import PERMISSIONS, Authenticator, Credentials
+from flight_server.context import Caller
+from flight_server.errors import ChronoError, PermissionDenied, Unauthenticated
+from flight_server.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+ANONYMOUS = Caller()  # auth not configured: loopback only, full access
+
+
+class AuthMiddleware(flight.ServerMiddleware):  # type: ignore[misc]
+    def __init__(self, caller: Caller, issued: str | None = None) -> None:
+        self.caller = caller
+        self._issued = issued
+
+    def sending_headers(self) -> dict[str, str]:
+        return {"authorization": f"Bearer {self._issued}"} if self._issued else {}
+
+
+class AuthMiddlewareFactory(flight.ServerMiddlewareFactory):  # type: ignore[misc]
+    def __init__(self, authenticator: Authenticator) -> None:
+        self._auth = authenticator
+
+    def start_call(self, info: flight.CallInfo, headers: dict[str, list[str]]) -> AuthMiddleware:
+        if not self._auth.enabled:
+            return AuthMiddleware(ANONYMOUS)
+        values = headers.get("authorization") or headers.get("Authorization") or []
+        try:
+            if not values:
+                raise Unauthenticated("missing authorization header: send 'Bearer <token>' or basic credentials")
+            scheme, _, credentials = values[0].strip().partition(" ")
+            if scheme.lower() == "bearer":
+                return AuthMiddleware(self._auth.verify(credentials.strip()))
+            if scheme.lower() == "basic":
+                token = self._auth.login(credentials.strip())
+                return AuthMiddleware(self._auth.verify(token), issued=token)
+            raise Unauthenticated("authorization must be 'Bearer <token>' or 'Basic <credentials>'")
+        except ChronoError as exc:
+            logger.info("unauthenticated call", extra={"fields": {"method": str(info.method), "error": str(exc)}})
+            raise flight.FlightUnauthenticatedError(str(exc)) from None
+
+
+def caller_of(context: flight.ServerCallContext | None) -> Caller:
+    if context is None:
+        return ANONYMOUS
+    middleware = context.get_middleware("auth")
+    return middleware.caller if isinstance(middleware, AuthMiddleware) else ANONYMOUS
+
+
+def require(caller: Caller, permission: str, what: str) -> None:
+    if permission not in PERMISSIONS.get(caller.role, frozenset()):
+        raise PermissionDenied(f"role '{caller.role}' may not {what}")
+
+
+def check_bind_address(settings: Settings) -> None:
+    """Without authentication the server only listens on loopback."""
+    if settings.auth.enabled:
+        return
+    host = settings.host
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback:
+        raise SystemExit(
+            f"refusing to listen on {host} without authentication: set FLIGHT_AUTH__JWT_SECRET "
+            "(or FLIGHT_AUTH__JWT_PUBLIC_KEY_FILE), or bind FLIGHT_HOST=127.0.0.1"
+        )
+    logger.warning("authentication is off: every caller has full access (loopback only)")
+
+
+def tls_options(settings: Settings) -> dict[str, Any]:
+    """Keyword arguments of FlightServerBase for the TLS settings (empty without TLS)."""
+    tls = settings.tls
+    if not tls.cert_file:
+        return {}
+    if not tls.key_file:
+        raise SystemExit("FLIGHT_TLS__CERT_FILE needs FLIGHT_TLS__KEY_FILE")
+    options: dict[str, Any] = {
+        "tls_certificates": [flight.CertKeyPair(tls.cert_file.read_bytes(), tls.key_file.read_bytes())]
+    }
+    if tls.client_ca_file:
+        options["verify_client"] = True
+        options["root_certificates"] = tls.client_ca_file.read_bytes()
+    return options
+
+
+def configured_users(path: Path | None) -> dict[str, Credentials]:
+    if path is None:
+        return {}
+    entries = json.loads(path.read_text())
+    return {
+        e["username"]: Credentials(
+            e["username"],
+            e["password_hash"],
+            e.get("role", "viewer"),
+            tuple(e["projects"]) if "projects" in e else None,
+        )
+        for e in entries
+    }
