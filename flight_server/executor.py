@@ -159,8 +159,8 @@ class QueryExecutor:
                 denied = [v for v in wanted if v is not None and v not in projects]
                 if denied:
                     raise PermissionDenied(f"no access to project '{denied[0]}'")
-        scoped = {t: c for t, c in self.scoped_tables().items() if t in plan.tables}
-        if scoped:
+        scoped = self.scoped_tables()
+        if any(t in scoped for t in plan.tables):
             plan.sql = scope_sql(plan.sql, projects, scoped)
             plan.reason += f"; scoped to {len(projects)} project(s)"
 

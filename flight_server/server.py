@@ -21,7 +21,14 @@ from flight_server.commands import Command, dataset_command, parse_command
 from flight_server.context import RequestContext
 from flight_server.errors import ChronoError, InvalidArgument, NotFound, to_flight_error
 from flight_server.executor import OpenResult
-from flight_server.security import AuthMiddlewareFactory, caller_of, check_bind_address, require, tls_options
+from flight_server.security import (
+    AuthMiddlewareFactory,
+    HeaderAuthHandler,
+    caller_of,
+    check_bind_address,
+    require,
+    tls_options,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +50,7 @@ class ChronoFlightServer(flight.FlightServerBase):  # type: ignore[misc]
         tls = tls_options(settings)
         scheme = "grpc+tls" if tls else "grpc"
         kwargs.setdefault("middleware", {"auth": AuthMiddlewareFactory(app.auth)})
+        kwargs.setdefault("auth_handler", HeaderAuthHandler())
         super().__init__(location or f"{scheme}://{settings.host}:{settings.port}", **tls, **kwargs)
         self.app = app
 

@@ -15,7 +15,8 @@ from typing import Any
 
 import sqlglot
 from sqlglot import exp
-from sqlglot.errors import ParseError, TokenError
+from sqlglot.errors import ParseError, SqlglotError, TokenError
+from sqlglot.optimizer.scope import traverse_scope
 
 from flight_server.errors import InvalidArgument
 
@@ -89,10 +90,6 @@ def _function_name(node: Any) -> str:
     return str(node.sql_name() if isinstance(node, exp.Func) else node.key).lower()
 
 
-def _cte_names(tree: exp.Expression) -> set[str]:
-    return {cte.alias_or_name.lower() for cte in tree.find_all(exp.CTE)}
-
-
 def check_read_only(
     sql: str,
     known_table: Callable[[str], bool],
@@ -124,7 +121,12 @@ def check_read_only(
             raise InvalidArgument(f"{node.key.upper()} is not allowed: the server is read-only")
         if isinstance(node, exp.Func) and _FORBIDDEN_FUNCTION.match(_function_name(node)):
             raise InvalidArgument(f"function {_function_name(node)}() is not allowed")
-    ctes = _cte_names(tree)
+    try:  # the tables a scope reads; other table names are references to CTEs
+        real = {
+            id(src) for scope in traverse_scope(tree) for src in scope.sources.values() if isinstance(src, exp.Table)
+        }
+    except SqlglotError as exc:
+        raise InvalidArgument(f"cannot analyse the query: {str(exc).splitlines()[0]}") from None
     tables: list[str] = []
     for table in tree.find_all(exp.Table):
         source = table.this
@@ -137,7 +139,7 @@ def check_read_only(
         schema = table.db.lower()
         if table.catalog or schema not in ("", "main"):
             raise InvalidArgument(f"table {table.sql(dialect='duckdb')} is not in any engine")
-        if not schema and name in ctes:
+        if id(table) not in real:
             continue
         if not known_table(name):
             raise InvalidArgument(f"unknown table '{name:.80}'; ListFlights shows the datasets")

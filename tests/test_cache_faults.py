@@ -100,9 +100,7 @@ def cached_server(tmp_path: Path, private_redis: RedisProcess) -> Iterator[Serve
         tmp_path / "data",
         rows=20_000,
         cache=CacheSettings(warm_top_n=0, l1_max_entries=0),  # L2 only: every lookup reaches Redis
-        redis=RedisSettings(
-            url=private_redis.url, socket_timeout_s=0.2, breaker_failures=2, breaker_open_s=0.5
-        ),
+        redis=RedisSettings(url=private_redis.url, socket_timeout_s=0.2, breaker_failures=2, breaker_open_s=0.5),
     )
     yield handle
     stop_server(handle)

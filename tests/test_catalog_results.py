@@ -54,9 +54,7 @@ def _normalised(df: pd.DataFrame) -> pd.DataFrame:
 def assert_frame_close(actual: pd.DataFrame, expected: pd.DataFrame) -> None:
     assert list(actual.columns) == list(expected.columns)
     assert len(actual) == len(expected), f"{len(actual)} rows, expected {len(expected)}"
-    pd.testing.assert_frame_equal(
-        _normalised(actual), _normalised(expected), check_dtype=False, rtol=RTOL, atol=1e-12
-    )
+    pd.testing.assert_frame_equal(_normalised(actual), _normalised(expected), check_dtype=False, rtol=RTOL, atol=1e-12)
 
 
 def period_start(ts: pd.Series, interval: str) -> pd.Series:
@@ -124,9 +122,7 @@ def test_catalog_samples_cover_every_duckdb_named_query(server: Any) -> None:
 
 @pytest.mark.parametrize("query", sorted(SAMPLES))
 def test_catalog_query_schema_is_stable_and_rows_present(server: Any, query: str) -> None:
-    desc = flight.FlightDescriptor.for_command(
-        json.dumps({"query": query, "params": SAMPLES[query]}).encode()
-    )
+    desc = flight.FlightDescriptor.for_command(json.dumps({"query": query, "params": SAMPLES[query]}).encode())
     info = server.client.get_flight_info(desc)
     table = server.client.do_get(info.endpoints[0].ticket).read_all()
     assert table.num_rows > 0
@@ -220,9 +216,7 @@ def test_catalog_domains_timeline_start_end_filter_captures(server: Any, cdx: pd
     )
     assert list(window["period_start"].dt.year) == [2005, 2006, 2007]
     in_window = cdx[
-        (cdx["domain"] == "example.com")
-        & (cdx["captured_at"] >= "2005-03-15")
-        & (cdx["captured_at"] < "2007-07-02")
+        (cdx["domain"] == "example.com") & (cdx["captured_at"] >= "2005-03-15") & (cdx["captured_at"] < "2007-07-02")
     ]
     assert window["captures"].sum() == len(in_window) < everything["captures"].sum()
     assert everything["captures"].sum() == (cdx["domain"] == "example.com").sum()
@@ -271,9 +265,7 @@ def test_catalog_domains_statistics_unknown_domain_is_one_empty_row(server: Any,
 # -- domains.top -----------------------------------------------------------------------------
 
 
-def expected_top(
-    cdx: pd.DataFrame, limit: int, metric: str, since: str | None, project_id: str | None
-) -> pd.DataFrame:
+def expected_top(cdx: pd.DataFrame, limit: int, metric: str, since: str | None, project_id: str | None) -> pd.DataFrame:
     d = _project(cdx, project_id)
     if since is not None:
         d = d[d["captured_at"] >= pd.Timestamp(since)]
@@ -350,9 +342,7 @@ def expected_coverage(cdx: pd.DataFrame, domain: str, interval: str) -> pd.DataF
 
 
 @pytest.mark.parametrize(("rank", "interval"), [(1, "year"), (1, "month"), (300, "year"), (1200, "month")])
-def test_catalog_domains_coverage_matches_pandas(
-    server: Any, cdx: pd.DataFrame, rank: int, interval: str
-) -> None:
+def test_catalog_domains_coverage_matches_pandas(server: Any, cdx: pd.DataFrame, rank: int, interval: str) -> None:
     domain = domain_at_rank(cdx, rank)
     actual = named(server, "domains.coverage", domain=domain, interval=interval)
     assert_frame_close(actual, expected_coverage(cdx, domain, interval))
@@ -389,9 +379,7 @@ def expected_content_quality(content: pd.DataFrame, project_id: str) -> pd.DataF
 
 
 @pytest.mark.parametrize("project_id", ["proj-001", "proj-006", "proj-012"])
-def test_catalog_projects_content_quality_matches_pandas(
-    server: Any, content: pd.DataFrame, project_id: str
-) -> None:
+def test_catalog_projects_content_quality_matches_pandas(server: Any, content: pd.DataFrame, project_id: str) -> None:
     actual = named(server, "projects.content_quality", project_id=project_id)
     assert_frame_close(actual, expected_content_quality(content, project_id))
 
@@ -403,9 +391,7 @@ def test_catalog_projects_content_quality_unknown_project_is_empty(server: Any) 
 # -- projects.comparison ---------------------------------------------------------------------
 
 
-def expected_comparison(
-    cdx: pd.DataFrame, content: pd.DataFrame, project_ids: list[str] | None
-) -> pd.DataFrame:
+def expected_comparison(cdx: pd.DataFrame, content: pd.DataFrame, project_ids: list[str] | None) -> pd.DataFrame:
     c = cdx[cdx["project_id"].notna()]
     a = content[content["project_id"].notna()]
     if project_ids is not None:
@@ -539,9 +525,7 @@ def test_catalog_content_extraction_performance_matches_pandas(
     assert_frame_close(actual, expected_extraction(content, since, project_id))
 
 
-def test_catalog_content_extraction_performance_since_filters_pages(
-    server: Any, content: pd.DataFrame
-) -> None:
+def test_catalog_content_extraction_performance_since_filters_pages(server: Any, content: pd.DataFrame) -> None:
     everything = named(server, "content.extraction_performance")
     recent = named(server, "content.extraction_performance", since="2023-01-01")
     assert 0 < recent["pages"].sum() < everything["pages"].sum()
@@ -567,9 +551,7 @@ def expected_languages(content: pd.DataFrame, project_id: str | None, min_pages:
     return out.sort_values(["pages", "language"], ascending=[False, True], na_position="last")
 
 
-@pytest.mark.parametrize(
-    ("project_id", "min_pages"), [(None, 1), (None, 1000), ("proj-001", 1), ("proj-009", 20)]
-)
+@pytest.mark.parametrize(("project_id", "min_pages"), [(None, 1), (None, 1000), ("proj-001", 1), ("proj-009", 20)])
 def test_catalog_content_language_analysis_matches_pandas(
     server: Any, content: pd.DataFrame, project_id: str | None, min_pages: int
 ) -> None:
@@ -621,9 +603,7 @@ def test_catalog_content_entity_analytics_matches_pandas(
     assert_frame_close(actual, expected_entities(content, project_id, group_by))
 
 
-def test_catalog_content_entity_analytics_project_filter_restricts_pages(
-    server: Any, content: pd.DataFrame
-) -> None:
+def test_catalog_content_entity_analytics_project_filter_restricts_pages(server: Any, content: pd.DataFrame) -> None:
     everything = named(server, "content.entity_analytics", group_by="extraction_method")
     project = named(server, "content.entity_analytics", group_by="extraction_method", project_id="proj-003")
     assert project["pages"].sum() == (content["project_id"] == "proj-003").sum() < everything["pages"].sum()
@@ -636,9 +616,7 @@ def _recent(metrics: pd.DataFrame, hours: int) -> pd.DataFrame:
     return metrics[metrics["timestamp"] > metrics["timestamp"].max() - pd.Timedelta(hours=hours)]
 
 
-def expected_performance(
-    metrics: pd.DataFrame, metric_type: str | None, interval: str, hours: int
-) -> pd.DataFrame:
+def expected_performance(metrics: pd.DataFrame, metric_type: str | None, interval: str, hours: int) -> pd.DataFrame:
     m = _recent(metrics, hours)
     if metric_type is not None:
         m = m[m["metric_type"] == metric_type]
@@ -681,9 +659,7 @@ def test_catalog_system_performance_matches_pandas(
     assert_frame_close(actual, expected_performance(metrics, metric_type, interval, hours))
 
 
-def test_catalog_system_performance_filters_metric_and_splits_engines(
-    server: Any, metrics: pd.DataFrame
-) -> None:
+def test_catalog_system_performance_filters_metric_and_splits_engines(server: Any, metrics: pd.DataFrame) -> None:
     everything = named(server, "system.performance", hours=720, interval="day")
     queries = named(server, "system.performance", hours=720, interval="day", metric_type="query_time_ms")
     assert set(everything["metric_type"]) == set(metrics["metric_type"])
@@ -748,9 +724,7 @@ def test_catalog_system_health_metrics_matches_tables_and_settings(
     assert list(zip(actual["component"], actual["metric"], strict=True)) == sorted(
         zip(actual["component"], actual["metric"], strict=True)
     )
-    values = {
-        (c, m): v for c, m, v in zip(actual["component"], actual["metric"], actual["value"], strict=True)
-    }
+    values = {(c, m): v for c, m, v in zip(actual["component"], actual["metric"], actual["value"], strict=True)}
 
     # duckdb_tables(): estimated rows equal the real row counts after the demo load
     for table, frame in (
@@ -764,9 +738,7 @@ def test_catalog_system_health_metrics_matches_tables_and_settings(
     latest = metrics[metrics["timestamp"] == metrics.groupby("metric_type")["timestamp"].transform("max")]
     expected_latest = latest.groupby("metric_type")["value"].mean()
     got_latest = actual[actual["component"] == "metrics.latest"].set_index("metric")["value"]
-    pd.testing.assert_series_equal(
-        got_latest.sort_index(), expected_latest.sort_index(), check_names=False, rtol=RTOL
-    )
+    pd.testing.assert_series_equal(got_latest.sort_index(), expected_latest.sort_index(), check_names=False, rtol=RTOL)
 
     # duckdb_memory() / pragma_database_size() / duckdb_temporary_files(): consistent figures
     assert values[("duckdb.memory", "memory_in_use")] > 0

@@ -50,9 +50,7 @@ def generated(
     con.close()
 
 
-def test_demo_is_deterministic_across_threads_and_chunks(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_demo_is_deterministic_across_threads_and_chunks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     one = _connect(tmp_path / "one.duckdb", threads=1)
     generate_demo_data(one, ROWS, seed=SEED, end_date=END)
     monkeypatch.setattr(demo, "_CHUNK_ROWS", 12_345)
@@ -76,9 +74,7 @@ def test_demo_row_counts(generated: tuple[duckdb.DuckDBPyConnection, DemoSummary
     assert summary.projects == len(DEMO_PROJECTS)
     assert 1000 < summary.domains <= len(demo_domains(SEED))
     assert summary.seconds > 0
-    html_ok = _one(
-        con, "SELECT count(*) FROM cdx_records WHERE mime_type = 'text/html' AND status_code = 200"
-    )
+    html_ok = _one(con, "SELECT count(*) FROM cdx_records WHERE mime_type = 'text/html' AND status_code = 200")
     assert isinstance(html_ok, int)
     assert 0.2 * html_ok < summary.content_analytics < 0.3 * html_ok
     assert _one(con, "SELECT count(DISTINCT id) FROM cdx_records") == ROWS
@@ -130,21 +126,14 @@ def test_demo_urls_repeat_and_mixes_look_real(
     urls = _one(con, "SELECT count(DISTINCT original_url) FROM cdx_records")
     assert isinstance(urls, int)
     assert urls < 0.8 * ROWS
-    assert (
-        _one(con, "SELECT count(*) FROM cdx_records WHERE original_url NOT LIKE 'https://' || domain || '/%'")
-        == 0
-    )
-    mimes = dict(
-        con.execute("SELECT mime_type, count(*) / $n FROM cdx_records GROUP BY 1", {"n": ROWS}).fetchall()
-    )
+    assert _one(con, "SELECT count(*) FROM cdx_records WHERE original_url NOT LIKE 'https://' || domain || '/%'") == 0
+    mimes = dict(con.execute("SELECT mime_type, count(*) / $n FROM cdx_records GROUP BY 1", {"n": ROWS}).fetchall())
     assert 0.65 < mimes["text/html"] < 0.75
     assert {"image/jpeg", "image/png", "text/css", "application/javascript", "warc/revisit"} <= set(mimes)
     statuses = dict(con.execute("SELECT status_code, count(*) FROM cdx_records GROUP BY 1").fetchall())
     assert max(statuses, key=statuses.__getitem__) == 200
     assert {301, 302, 404, 500, 503} <= set(statuses)
-    sources = con.execute(
-        "SELECT archive_source FROM cdx_records GROUP BY 1 ORDER BY count(*) DESC"
-    ).fetchall()
+    sources = con.execute("SELECT archive_source FROM cdx_records GROUP BY 1 ORDER BY count(*) DESC").fetchall()
     assert [s for (s,) in sources] == ["wayback", "common_crawl", "archive_today", "local"]
 
 
@@ -169,13 +158,9 @@ def test_demo_content_pages_are_html_200_captures(
         "OR word_count NOT BETWEEN content_size / 7 AND content_size / 5 OR entity_count > word_count",
     )
     assert bad == 0
-    methods = {
-        m for (m,) in con.execute("SELECT DISTINCT extraction_method FROM content_analytics").fetchall()
-    }
+    methods = {m for (m,) in con.execute("SELECT DISTINCT extraction_method FROM content_analytics").fetchall()}
     assert methods == {"trafilatura", "readability", "newspaper", "beautifulsoup", "firecrawl"}
-    languages = con.execute(
-        "SELECT language FROM content_analytics GROUP BY 1 ORDER BY count(*) DESC"
-    ).fetchall()
+    languages = con.execute("SELECT language FROM content_analytics GROUP BY 1 ORDER BY count(*) DESC").fetchall()
     assert languages[0][0] == "en"
     assert len(languages) == 12
 

@@ -14,9 +14,7 @@ from flight_server.logs import JsonFormatter
 from conftest import ServerHandle
 
 
-def test_logs_one_json_line_per_request_with_query_id(
-    server: ServerHandle, caplog: pytest.LogCaptureFixture
-) -> None:
+def test_logs_one_json_line_per_request_with_query_id(server: ServerHandle, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="flight_server.server")
     reader = server.client.do_get(flight.Ticket(json.dumps({"query": "domains.top"}).encode()))
     first = reader.read_chunk()
@@ -36,9 +34,7 @@ def test_logs_one_json_line_per_request_with_query_id(
     assert line["ms"] >= 0
 
 
-def test_logs_failed_request_logged_with_status(
-    server: ServerHandle, caplog: pytest.LogCaptureFixture
-) -> None:
+def test_logs_failed_request_logged_with_status(server: ServerHandle, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="flight_server.server")
     with pytest.raises(Exception, match="syntax"):
         server.get({"sql": "selec 1"})

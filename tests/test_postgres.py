@@ -13,6 +13,11 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.flight as flight
 import pytest
+from tcp_proxy import TcpProxy
+
+from flight_server.errors import InvalidArgument, PermissionDenied
+from flight_server.settings import CacheSettings
+
 from conftest import (
     ServerHandle,
     create_database,
@@ -21,10 +26,6 @@ from conftest import (
     start_server,
     stop_server,
 )
-from tcp_proxy import TcpProxy
-
-from flight_server.errors import InvalidArgument, PermissionDenied
-from flight_server.settings import CacheSettings
 
 
 def _with_metadata(handle: ServerHandle, command: dict[str, Any]) -> tuple[pa.Table, dict[str, Any]]:
@@ -211,7 +212,7 @@ def test_postgres_write_is_rejected_before_it_is_sent(hybrid_server: ServerHandl
 def test_postgres_reader_role_refuses_writes_even_past_the_guard(hybrid_server: ServerHandle) -> None:
     engine = hybrid_server.app.postgres
     assert engine is not None
-    with pytest.raises((InvalidArgument, PermissionDenied), match="read-only|permission denied"):
+    with pytest.raises((InvalidArgument, PermissionDenied), match=r"read-only|permission denied"):
         engine.execute("INSERT INTO admin_settings (key, value) VALUES ('y', '1')", None, query_id="t1")
     database = hybrid_server.app.settings.postgres.uri.rsplit("/", 1)[1]  # type: ignore[union-attr]
     with pg.connect(f"postgresql://chrono_reader@127.0.0.1:5432/{database}", autocommit=True) as conn:
@@ -279,7 +280,7 @@ def test_postgres_outage_fails_fast_and_recovers_without_restart(tmp_path: Path,
         assert handle.get(lookup).column("n")[0].as_py() == 12
         proxy.cut()
         for _ in range(4):
-            with pytest.raises(flight.FlightUnavailableError, match="(?i)postgres"):
+            with pytest.raises(flight.FlightUnavailableError, match=r"(?i)postgres"):
                 handle.get(lookup)
         started = time.monotonic()
         with pytest.raises(flight.FlightUnavailableError, match="circuit breaker open"):

@@ -33,20 +33,14 @@ def test_server_flight_info_carries_schema_ticket_and_metadata(server: ServerHan
 
 
 def test_server_ticket_is_the_command_json(server: ServerHandle) -> None:
-    via_info = server.run(
-        {"sql": "SELECT domain, count(*) AS n FROM cdx_records GROUP BY 1 ORDER BY 2 DESC, 1"}
-    )
-    direct = server.get(
-        {"sql": "SELECT domain, count(*) AS n FROM cdx_records GROUP BY 1 ORDER BY 2 DESC, 1"}
-    )
+    via_info = server.run({"sql": "SELECT domain, count(*) AS n FROM cdx_records GROUP BY 1 ORDER BY 2 DESC, 1"})
+    direct = server.get({"sql": "SELECT domain, count(*) AS n FROM cdx_records GROUP BY 1 ORDER BY 2 DESC, 1"})
     assert via_info.equals(direct)
     assert direct.column("domain")[0].as_py() == "example.com"
 
 
 def test_server_raw_sql_binds_positional_params(server: ServerHandle) -> None:
-    table = server.get(
-        {"sql": "SELECT count(*) AS n FROM cdx_records WHERE domain = $1", "params": ["example.com"]}
-    )
+    table = server.get({"sql": "SELECT count(*) AS n FROM cdx_records WHERE domain = $1", "params": ["example.com"]})
     expected = server.get({"sql": "SELECT count(*) AS n FROM cdx_records WHERE domain = 'example.com'"})
     assert table.column("n")[0].as_py() == expected.column("n")[0].as_py() > 0
 
@@ -211,9 +205,7 @@ def test_server_rejects_writes_and_external_access(server: ServerHandle, tmp_pat
     assert names == {"cdx_records", "content_analytics", "performance_metrics"}
 
 
-@pytest.mark.parametrize(
-    "value", ["x' OR '1'='1", "example.com'; DROP TABLE cdx_records; --", "\\' OR 1=1 --"]
-)
+@pytest.mark.parametrize("value", ["x' OR '1'='1", "example.com'; DROP TABLE cdx_records; --", "\\' OR 1=1 --"])
 def test_server_parameter_values_are_data(server: ServerHandle, value: str) -> None:
     named = server.run({"query": "domains.statistics", "params": {"domain": value}})
     assert named.column("total_captures")[0].as_py() in (0, None)
@@ -259,9 +251,7 @@ def test_server_query_past_deadline_is_timed_out(short_deadline_server: ServerHa
 def test_server_client_cancel_stops_the_work(short_deadline_server: ServerHandle) -> None:
     handle = short_deadline_server
     # a stream far longer than the test: only a cancel can end it before the deadline
-    reader = handle.client.do_get(
-        flight.Ticket(json.dumps({"sql": "SELECT * FROM range(100000000000) a"}).encode())
-    )
+    reader = handle.client.do_get(flight.Ticket(json.dumps({"sql": "SELECT * FROM range(100000000000) a"}).encode()))
     reader.read_chunk()
     assert len(handle.action("health")["active_queries"]) == 1
     reader.cancel()

@@ -22,9 +22,7 @@ import adbc_driver_flightsql.dbapi as flight_sql
 def main(url: str) -> None:
     with flight_sql.connect(url) as conn, conn.cursor() as cur:
         # Plain statement, result as an Arrow table.
-        cur.execute(
-            "SELECT domain, count(*) AS captures FROM cdx_records GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT 5"
-        )
+        cur.execute("SELECT domain, count(*) AS captures FROM cdx_records GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT 5")
         top = cur.fetch_arrow_table()
         print("Most archived domains:")
         for row in top.to_pylist():

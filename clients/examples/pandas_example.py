@@ -25,8 +25,7 @@ def main(url: str) -> None:
         # Raw SQL with a bound parameter ($1); Arrow types map to pandas dtypes.
         busiest = str(top["domain"].iloc[0])
         statuses = client.sql(
-            "SELECT status_code, count(*) AS captures FROM cdx_records "
-            "WHERE domain = $1 GROUP BY 1 ORDER BY 2 DESC, 1",
+            "SELECT status_code, count(*) AS captures FROM cdx_records WHERE domain = $1 GROUP BY 1 ORDER BY 2 DESC, 1",
             busiest,
         ).to_pandas()
         print(f"\nHTTP status codes of {busiest}:")

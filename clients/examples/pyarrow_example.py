@@ -21,9 +21,7 @@ def main(url: str) -> None:
 
         print("\nNamed queries:")
         for entry in client.catalog():
-            params = ", ".join(
-                p["name"] + ("" if p["required"] else f"={p.get('default')!r}") for p in entry["params"]
-            )
+            params = ", ".join(p["name"] + ("" if p["required"] else f"={p.get('default')!r}") for p in entry["params"])
             print(f"  {entry['name']}({params})")
         print("Datasets:")
         for dataset in client.datasets():
