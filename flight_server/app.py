@@ -23,6 +23,7 @@ from flight_server.engines.postgres import PostgresEngine
 from flight_server.executor import QueryExecutor
 from flight_server.hybrid import HybridRunner
 from flight_server.ingest import IngestService
+from flight_server.limits import Limiter
 from flight_server.router import Router, TableRegistry
 from flight_server.security import configured_users
 from flight_server.settings import Settings
@@ -72,6 +73,7 @@ class App:
         breakers = {"postgres": self.postgres.breaker} if self.postgres is not None else {}
         self.router = Router(self.registry, self.engines, breakers)
         self.auth = Authenticator(settings.auth, self._lookup_user)
+        self.limits = Limiter(settings.limits)
         self._configured_users = configured_users(settings.auth.users_file)
         self.catalog = load_catalog(settings.schemas_dir / "catalog.toml")
         self.cache = build_cache(settings)

@@ -60,6 +60,7 @@ class Plan:
     ttl_s: float
     query_id: str
     named: NamedQuery | None = None
+    deadline_s: float | None = None
 
     def metadata(self, cache: str) -> dict[str, Any]:
         return {
@@ -146,6 +147,7 @@ class QueryExecutor:
 
     def plan(self, command: Command, ctx: RequestContext) -> Plan:
         plan = self._plan(command, ctx)
+        plan.deadline_s = ctx.deadline_s
         if ctx.caller.projects is not None:
             self._scope(plan, ctx.caller.projects)
         return plan
@@ -251,11 +253,13 @@ class QueryExecutor:
     def _execute(self, plan: Plan) -> QueryResult:
         if plan.engine == "hybrid":
             assert self.hybrid is not None
-            return self.hybrid.execute(plan.sql, plan.params, query_id=plan.query_id)
+            return self.hybrid.execute(plan.sql, plan.params, query_id=plan.query_id, deadline_s=plan.deadline_s)
         if plan.engine == "postgres":
             sql, values = to_postgres(plan.sql, plan.params)
-            return self.engines["postgres"].execute(sql, values, query_id=plan.query_id)
-        return self.engines[plan.engine].execute(plan.sql, plan.params, query_id=plan.query_id)
+            return self.engines["postgres"].execute(sql, values, query_id=plan.query_id, deadline_s=plan.deadline_s)
+        return self.engines[plan.engine].execute(
+            plan.sql, plan.params, query_id=plan.query_id, deadline_s=plan.deadline_s
+        )
 
     def explain(self, plan: Plan) -> dict[str, Any]:
         out: dict[str, Any] = {**plan.metadata("not-run"), "sql": plan.sql, "params": plan.params}

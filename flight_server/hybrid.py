@@ -175,18 +175,22 @@ class HybridRunner:
     def plan(self, sql: str, params: Params) -> HybridPlan:
         return self.planner().plan(sql, params)
 
-    def execute(self, sql: str, params: Params, *, query_id: str) -> QueryResult:
+    def execute(self, sql: str, params: Params, *, query_id: str, deadline_s: float | None = None) -> QueryResult:
         plan = self.plan(sql, params)
         relations: dict[str, pa.Table] = {}
         for i, fetch in enumerate(plan.fetches):
-            result = self._postgres.execute(fetch.sql, fetch.params, query_id=f"{query_id}-pg{i}")
+            result = self._postgres.execute(
+                fetch.sql, fetch.params, query_id=f"{query_id}-pg{i}", deadline_s=deadline_s
+            )
             try:
                 relations[fetch.name] = result.reader.read_all()
             except BaseException as exc:
                 raise result.translate(exc) from None
             finally:
                 result.close()
-        return self._duckdb.execute(plan.duckdb_sql, params, query_id=query_id, relations=relations)
+        return self._duckdb.execute(
+            plan.duckdb_sql, params, query_id=query_id, relations=relations, deadline_s=deadline_s
+        )
 
     def _empty_relations(self, plan: HybridPlan) -> dict[str, pa.Table]:
         return {f.name: self._postgres.schema(f.sql, f.params).empty_table() for f in plan.fetches}

@@ -18,8 +18,8 @@ import pyarrow.flight as flight
 from flight_server.actions import ACTIONS
 from flight_server.app import App
 from flight_server.commands import Command, dataset_command, parse_command
-from flight_server.context import RequestContext
-from flight_server.errors import ChronoError, InvalidArgument, NotFound, to_flight_error
+from flight_server.context import Caller, RequestContext
+from flight_server.errors import ChronoError, InvalidArgument, NotFound, ResourceExhausted, to_flight_error
 from flight_server.executor import OpenResult
 from flight_server.security import (
     AuthMiddlewareFactory,
@@ -29,6 +29,7 @@ from flight_server.security import (
     require,
     tls_options,
 )
+from flight_server.settings import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -59,8 +60,11 @@ class ChronoFlightServer(flight.FlightServerBase):  # type: ignore[misc]
     def _rpc(
         self, rpc: str, call_ctx: flight.ServerCallContext, label: str, handler: Callable[[RequestContext], T]
     ) -> T:
-        ctx = RequestContext(rpc=rpc, caller=caller_of(call_ctx), peer=call_ctx.peer() if call_ctx else "")
+        caller = caller_of(call_ctx)
+        ctx = RequestContext(rpc=rpc, caller=caller, peer=call_ctx.peer() if call_ctx else "")
+        ctx.deadline_s = self.app.limits.deadline_s(caller, self.app.settings.duckdb.query_deadline_s)
         try:
+            self.app.limits.admit(caller)
             result = handler(ctx)
         except BaseException as exc:
             status = exc.status if isinstance(exc, ChronoError) else "internal"
@@ -126,7 +130,12 @@ class ChronoFlightServer(flight.FlightServerBase):  # type: ignore[misc]
     def do_get(self, context: flight.ServerCallContext, ticket: flight.Ticket) -> flight.FlightDataStream:
         def handle(ctx: RequestContext) -> flight.FlightDataStream:
             plan = self.app.executor.plan(parse_command(ticket.ticket), ctx)
-            result = self.app.executor.open(plan, ctx)
+            self.app.limits.acquire(ctx.caller)
+            try:
+                result = self.app.executor.open(plan, ctx)
+            except BaseException:
+                self.app.limits.release(ctx.caller)
+                raise
             context.add_header("x-chrono-cache", result.cache)
             context.add_header("x-chrono-query-id", plan.query_id)
             return flight.GeneratorStream(result.schema, self._stream(ctx, result))
@@ -134,19 +143,35 @@ class ChronoFlightServer(flight.FlightServerBase):  # type: ignore[misc]
         return self._rpc("DoGet", context, "get", handle)
 
     def _stream(self, ctx: RequestContext, result: OpenResult) -> Iterator[Any]:
-        """First batch with the metadata, then the rest straight from the C++ reader."""
+        """First batch with the metadata, then the rest straight from the C++ reader.
+
+        Non-admin results are held to the row and byte limits: batches in hand are
+        counted here, and a stream that goes on past them is counted batch by batch.
+        """
         metadata = pa.py_buffer(_metadata_bytes(result.metadata()))
         status = "cancelled"
+        budget = _Budget.for_caller(ctx.caller, self.app.settings)
         try:
+            for batch in result.batches:
+                budget.spend(batch)
             head = result.batches[0] if result.batches else _empty_batch(result.schema)
             yield head, metadata
             if len(result.batches) > 1:
                 yield pa.Table.from_batches(result.batches[1:], schema=result.schema)
             if result.running is not None:
-                yield result.running.reader
+                if budget.unlimited:
+                    yield result.running.reader
+                else:
+                    for batch in result.running.reader:
+                        budget.spend(batch)
+                        yield batch
             status = "ok"
+        except ChronoError as exc:
+            status = exc.status
+            raise to_flight_error(exc) from None
         finally:
             result.close()
+            self.app.limits.release(ctx.caller)
             self._log(ctx, result.plan.label, status, engine=result.plan.engine, cache=result.cache)
 
     def do_put(
@@ -217,6 +242,31 @@ class ChronoFlightServer(flight.FlightServerBase):  # type: ignore[misc]
             return [json.dumps(result, default=str).encode()]
 
         return iter(self._rpc("DoAction", context, action.type, handle))
+
+
+class _Budget:
+    """Rows and bytes a caller may still receive in one result."""
+
+    def __init__(self, rows: int | None, nbytes: int | None) -> None:
+        self.rows, self.nbytes = rows, nbytes
+
+    @classmethod
+    def for_caller(cls, caller: Caller, settings: Settings) -> _Budget:
+        if caller.role == "admin":
+            return cls(None, None)
+        return cls(settings.limits.max_result_rows, settings.limits.max_result_bytes)
+
+    @property
+    def unlimited(self) -> bool:
+        return self.rows is None
+
+    def spend(self, batch: pa.RecordBatch) -> None:
+        if self.rows is None or self.nbytes is None:
+            return
+        self.rows -= batch.num_rows
+        self.nbytes -= batch.nbytes
+        if self.rows < 0 or self.nbytes < 0:
+            raise ResourceExhausted("result larger than your row or byte limit; narrow the query or add a LIMIT")
 
 
 def _empty_batch(schema: pa.Schema) -> pa.RecordBatch:

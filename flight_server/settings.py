@@ -118,6 +118,20 @@ class AuthSettings(BaseModel):
         return bool(self.jwt_secret or self.jwt_public_key_file)
 
 
+class LimitSettings(BaseModel):
+    rate_per_s: float = Field(100.0, ge=0, description="requests per second per caller (token bucket; 0 = no limit)")
+    burst: float = Field(200.0, ge=1, description="requests a caller may send at once before the rate applies")
+    max_concurrent_per_caller: int = Field(4, ge=1, description="queries one caller may run at once (admins exempt)")
+    max_concurrent_total: int = Field(16, ge=1, description="queries the server runs at once")
+    queue_timeout_s: float = Field(5.0, ge=0, description="seconds a query waits for a slot before RESOURCE_EXHAUSTED")
+    max_result_rows: int = Field(10_000_000, ge=1, description="most rows of one result for non-admins")
+    max_result_bytes: int = Field(2 * 1024**3, ge=1, description="most Arrow bytes of one result for non-admins")
+    deadlines_s: dict[str, float] = Field(
+        {"viewer": 30.0, "service": 60.0, "analyst": 300.0},
+        description="query deadline per role (never above FLIGHT_DUCKDB__QUERY_DEADLINE_S)",
+    )
+
+
 class TLSSettings(BaseModel):
     cert_file: Path | None = Field(None, description="PEM certificate of the Flight port; TLS is on when set")
     key_file: Path | None = Field(None, description="PEM private key of that certificate")
@@ -140,6 +154,7 @@ class Settings(BaseSettings):
     ingest: IngestSettings = Field(default_factory=IngestSettings)  # type: ignore[arg-type]
     auth: AuthSettings = Field(default_factory=AuthSettings)  # type: ignore[arg-type]
     tls: TLSSettings = Field(default_factory=TLSSettings)  # type: ignore[arg-type]
+    limits: LimitSettings = Field(default_factory=LimitSettings)  # type: ignore[arg-type]
 
     @property
     def duckdb_path(self) -> Path:

@@ -261,7 +261,7 @@ class DuckDBEngine:
         if interrupted and running is not None and running.stop_reason == "deadline":
             return TimedOut(
                 f"query {running.query_id} exceeded its deadline of "
-                f"{self._deadline_s:g} s and was stopped; narrow it or raise the deadline"
+                f"{running.deadline - running.started:.3g} s and was stopped; narrow it or raise the deadline"
             )
         if interrupted:
             return Cancelled("the query was cancelled")

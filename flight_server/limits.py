@@ -1,0 +1,99 @@
+"""Per-caller limits: a request rate (token bucket) and concurrent queries.
+
+Every RPC takes a token from its caller's bucket (RESOURCE_EXHAUSTED when empty).
+Every query takes a slot, per caller and in total; when none is free the query waits
+in line up to the queue timeout, then gets RESOURCE_EXHAUSTED.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from flight_server.context import Caller
+from flight_server.errors import ResourceExhausted
+from flight_server.settings import LimitSettings
+
+
+class TokenBucket:
+    def __init__(self, rate: float, burst: float) -> None:
+        self.rate, self.burst = rate, burst
+        self.tokens = burst
+        self.stamp = time.monotonic()
+
+    def take(self) -> bool:
+        now = time.monotonic()
+        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+        if self.tokens >= 1:
+            self.tokens -= 1
+            return True
+        return False
+
+
+class Limiter:
+    def __init__(self, settings: LimitSettings) -> None:
+        self.settings = settings
+        self._lock = threading.Condition()
+        self._buckets: dict[str, TokenBucket] = {}
+        self._running: dict[str, int] = {}
+        self._total = 0
+        self.rejected = 0
+
+    def admit(self, caller: Caller) -> None:
+        """Take one request token for the caller (admins are not rate limited)."""
+        if caller.role == "admin" or self.settings.rate_per_s <= 0:
+            return
+        with self._lock:
+            bucket = self._buckets.get(caller.subject)
+            if bucket is None:
+                bucket = self._buckets[caller.subject] = TokenBucket(self.settings.rate_per_s, self.settings.burst)
+            if not bucket.take():
+                self.rejected += 1
+                raise ResourceExhausted(
+                    f"rate limit of {self.settings.rate_per_s:g} requests/s for {caller.subject} exceeded; slow down"
+                )
+
+    @contextmanager
+    def slot(self, caller: Caller) -> Iterator[None]:
+        """Hold a query slot for the caller while the block runs."""
+        self.acquire(caller)
+        try:
+            yield
+        finally:
+            self.release(caller)
+
+    def acquire(self, caller: Caller) -> None:
+        per_caller = self.settings.max_concurrent_per_caller
+        deadline = time.monotonic() + self.settings.queue_timeout_s
+        with self._lock:
+            while self._total >= self.settings.max_concurrent_total or (
+                caller.role != "admin" and self._running.get(caller.subject, 0) >= per_caller
+            ):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    self.rejected += 1
+                    raise ResourceExhausted(
+                        f"too many concurrent queries (at most {per_caller} per caller, "
+                        f"{self.settings.max_concurrent_total} in total); retry shortly"
+                    )
+                self._lock.wait(left)
+            self._running[caller.subject] = self._running.get(caller.subject, 0) + 1
+            self._total += 1
+
+    def release(self, caller: Caller) -> None:
+        with self._lock:
+            self._running[caller.subject] = max(0, self._running.get(caller.subject, 1) - 1)
+            self._total = max(0, self._total - 1)
+            self._lock.notify_all()
+
+    def deadline_s(self, caller: Caller, engine_deadline_s: float) -> float:
+        role_deadline = self.settings.deadlines_s.get(caller.role)
+        return min(engine_deadline_s, role_deadline) if role_deadline else engine_deadline_s
+
+    def stats(self) -> dict[str, Any]:
+        with self._lock:
+            return {"running": self._total, "rejected": self.rejected, "callers": len(self._buckets)}
