@@ -12,6 +12,7 @@ from typing import Any
 import duckdb
 
 from flight_server import __version__, oltp
+from flight_server.audit import AuditLog
 from flight_server.auth import Authenticator, Credentials
 from flight_server.cache import build_cache
 from flight_server.catalog import load_catalog
@@ -74,6 +75,7 @@ class App:
         self.router = Router(self.registry, self.engines, breakers)
         self.auth = Authenticator(settings.auth, self._lookup_user)
         self.limits = Limiter(settings.limits)
+        self.audit = AuditLog(settings.postgres.uri)
         self._configured_users = configured_users(settings.auth.users_file)
         self.catalog = load_catalog(settings.schemas_dir / "catalog.toml")
         self.cache = build_cache(settings)
@@ -127,6 +129,7 @@ class App:
         return PostgresEngine(settings.postgres, self.running, settings.duckdb.query_deadline_s)
 
     def close(self) -> None:
+        self.audit.close()
         self.warmer.close()
         self.running.close()
         self.cache.close()

@@ -38,6 +38,7 @@ class RequestContext:
     query_id: str = field(default_factory=lambda: uuid.uuid4().hex[:16])
     started: float = field(default_factory=time.monotonic)
     deadline_s: float | None = None  # the caller's query deadline; None: the engine's
+    sql_fingerprint: str | None = None  # set for raw SQL, for the audit trail
 
     def elapsed_ms(self) -> float:
         return (time.monotonic() - self.started) * 1000.0

@@ -20,6 +20,7 @@ from typing import Any
 import pyarrow as pa
 import sqlglot
 
+from flight_server.audit import fingerprint
 from flight_server.cache import CacheKey, TieredCache, cache_key, route_version, table_version
 from flight_server.catalog import Catalog, NamedQuery
 from flight_server.commands import Command
@@ -148,6 +149,8 @@ class QueryExecutor:
     def plan(self, command: Command, ctx: RequestContext) -> Plan:
         plan = self._plan(command, ctx)
         plan.deadline_s = ctx.deadline_s
+        if command.kind == "sql":
+            ctx.sql_fingerprint = fingerprint(command.target)
         if ctx.caller.projects is not None:
             self._scope(plan, ctx.caller.projects)
         return plan

@@ -74,6 +74,19 @@ class ChronoFlightServer(flight.FlightServerBase):  # type: ignore[misc]
 
     def _log(self, ctx: RequestContext, label: str, status: str, **fields: Any) -> None:
         self.app.stats.record(ctx.rpc, status)
+        self.app.audit.record(
+            {
+                "subject": ctx.caller.subject,
+                "role": ctx.caller.role,
+                "rpc": ctx.rpc,
+                "action": label,
+                "sql_fingerprint": ctx.sql_fingerprint,
+                "status": status,
+                "ms": round(ctx.elapsed_ms(), 3),
+                "query_id": ctx.query_id,
+                **{k: v for k, v in fields.items() if k in ("rows", "bytes", "engine", "cache")},
+            }
+        )
         logger.info(
             "request",
             extra={
