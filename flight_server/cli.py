@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
 from flight_server import __version__
+from flight_server.app import App
 from flight_server.logs import configure_logging
 from flight_server.settings import Settings
 
@@ -68,8 +69,19 @@ def _fill_demo(con: duckdb.DuckDBPyConnection, settings: Settings, rows: int, se
                 )
 
 
+def _print_demo_tokens(app: App) -> None:
+    """A ready token per role, valid for a day, for trying the demo with auth on."""
+    from flight_server.demo import DEMO_PROJECTS
+
+    projects = tuple(p for p, _, _ in DEMO_PROJECTS[:3])
+    err.print("demo tokens (24 h; send as 'authorization: Bearer <token>'):")
+    for role in ("admin", "analyst", "viewer", "service"):
+        token = app.auth.issue(f"demo-{role}", role, None if role == "admin" else projects, ttl_s=86400)
+        scope = "all projects" if role == "admin" else ", ".join(projects)
+        err.print(f"  {role:<8} ({scope}): {token}", soft_wrap=True, highlight=False)
+
+
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
-    from flight_server.app import App
     from flight_server.server import ChronoFlightServer
 
     def prepare(con: duckdb.DuckDBPyConnection) -> None:
@@ -78,8 +90,11 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
 
     app = App(settings, prepare=prepare)
     server = ChronoFlightServer(app)
-    location = f"grpc://{settings.host}:{server.port}"
+    scheme = "grpc+tls" if settings.tls.cert_file else "grpc"
+    location = f"{scheme}://{settings.host}:{server.port}"
     logger.info("serving", extra={"fields": {"location": location, "version": __version__}})
+    if args.demo and settings.auth.jwt_secret:
+        _print_demo_tokens(app)
     err.print(f"Chrono Flight {__version__} listening on {location} (Ctrl-C stops)")
     try:
         server.serve()

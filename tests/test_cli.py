@@ -127,3 +127,41 @@ def test_cli_demo_data_regenerates_with_progress(tmp_path: Path) -> None:
     out = _cli("demo-data", "--rows", "12000", "--seed", "7", env=env)
     assert "12,000 CDX records" in out.stderr
     assert (tmp_path / "analytics.duckdb").exists()
+
+
+def test_cli_serve_demo_with_auth_prints_tokens_per_role(tmp_path: Path) -> None:
+    env = _env(tmp_path, FLIGHT_AUTH__JWT_SECRET="cli-test-secret-long-enough-for-hs256")
+    proc = subprocess.Popen(
+        [str(BIN), "serve", "--demo", "--rows", "5000"], env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL,
+        text=True,
+    )  # fmt: skip
+    assert proc.stderr is not None
+    tokens: dict[str, str] = {}
+    url = None
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline and url is None:
+        line = proc.stderr.readline()
+        if not line and proc.poll() is not None:
+            break
+        if match := re.match(r"\s+(admin|analyst|viewer|service)\s+\(.*\): (\S+)", line):
+            tokens[match.group(1)] = match.group(2)
+        if match := re.search(r"listening on (grpc://\S+)", line):
+            url = match.group(1)
+    try:
+        assert url and set(tokens) == {"admin", "analyst", "viewer", "service"}
+        ok = _cli("query", "--url", url, "--token", tokens["viewer"], "--name", "domains.top", "--format", "json",
+                  env=env)  # fmt: skip
+        assert json.loads(ok.stdout)
+        denied = _cli("query", "--url", url, "--token", tokens["viewer"], "SELECT 1", env=env, check=False)
+        assert denied.returncode == 2 and "permission" in denied.stderr.lower()
+        anonymous = _cli("query", "--url", url, "--name", "domains.top", env=env, check=False)
+        assert anonymous.returncode == 2 and "unauthenticated" in anonymous.stderr.lower()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+
+
+def test_cli_serve_refuses_public_bind_without_auth(tmp_path: Path) -> None:
+    out = _cli("serve", env=_env(tmp_path, FLIGHT_HOST="0.0.0.0"), check=False)
+    assert out.returncode != 0
+    assert "without authentication" in out.stderr
