@@ -67,6 +67,7 @@ class Authenticator:
     def __init__(self, settings: AuthSettings, lookup_user: Callable[[str], Credentials | None] | None = None) -> None:
         self.settings = settings
         self._lookup_user = lookup_user
+        self._verified: dict[str, tuple[Caller, float]] = {}
         if settings.jwt_public_key_file:
             self._verify_key: Any = settings.jwt_public_key_file.read_text()
             self._algorithms = [a for a in settings.algorithms if not a.startswith("HS")] or ["RS256", "ES256"]
@@ -79,6 +80,17 @@ class Authenticator:
         return bool(self.settings.jwt_secret or self.settings.jwt_public_key_file)
 
     def verify(self, token: str) -> Caller:
+        """The caller a token speaks for; a verified token is remembered until it expires."""
+        cached = self._verified.get(token)
+        if cached is not None and cached[1] > time.time():
+            return cached[0]
+        caller, expires = self._verify(token)
+        if len(self._verified) >= 10_000:
+            self._verified.clear()
+        self._verified[token] = (caller, expires)
+        return caller
+
+    def _verify(self, token: str) -> tuple[Caller, float]:
         options = {"require": ["exp", "sub", "aud"] + (["iss"] if self.settings.issuer else [])}
         try:
             claims = jwt.decode(
@@ -104,7 +116,7 @@ class Authenticator:
             raise Unauthenticated("token algorithm is not accepted") from None
         except jwt.PyJWTError:
             raise Unauthenticated("invalid token") from None
-        return caller_from_claims(claims)
+        return caller_from_claims(claims), float(claims["exp"])
 
     def issue(self, subject: str, role: str, projects: tuple[str, ...] | None, ttl_s: float | None = None) -> str:
         """A token signed by this server (HS256 with the secret)."""
