@@ -2,8 +2,8 @@
 
 A put is checked against its dataset before the first batch is read (`Conformer`), each
 batch is validated in full and cast before it is written, and `ParquetSink` writes the
-rows as they arrive: buffered per partition up to `buffer_bytes` in all, one open file per
-partition under a temporary name. At the end every file is fsynced and renamed into
+rows to disk as they arrive, memory bounded by `buffer_bytes` (parquet_sink.py). At the
+end each partition's file is written under a temporary name, fsynced and renamed into
 place, directories are fsynced, and the dataset's manifest commits the files as one (see
 datasets.py); only then is the put acknowledged. A failed, refused or cancelled put
 removes its files, and start-up removes whatever a crash left behind.
@@ -14,30 +14,22 @@ with one manifest commit, so readers see each partition either before or after.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import json
 import logging
-import os
 import uuid
-from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Protocol
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from flight_server.datasets import (
-    TEMP_PREFIX,
     DataFile,
     Dataset,
     DatasetRegistry,
     check_dataset_name,
     columns_fingerprint,
-    fsync_path,
 )
 from flight_server.errors import (
     Cancelled,
@@ -49,153 +41,17 @@ from flight_server.errors import (
     one_line,
 )
 from flight_server.ingest_schema import Conformer
+from flight_server.parquet_sink import ParquetSink
 from flight_server.settings import IngestSettings
 
 logger = logging.getLogger(__name__)
 
-MAX_OPEN_FILES = 512  # open Parquet writers per put; past it the least recently used is finished
-SINK_THREADS = 2  # partitions encoded and compressed at once
 SMALL_FILE_BYTES = 64 * 1024 * 1024  # compaction merges the files under this size
 _COMPACT_BATCH_ROWS = 65_536
 
 
 class CacheBumper(Protocol):
     def bump(self, tables: Iterable[str]) -> None: ...
-
-
-@dataclass
-class _OpenFile:
-    partition: str
-    temp: Path
-    final: Path
-    writer: pq.ParquetWriter | None
-    rows: int = 0
-
-
-class ParquetSink:
-    """Writes batches into one ZSTD Parquet file per partition, under temporary names.
-
-    Memory is bounded by `buffer_bytes`: half may be buffered while the other half is
-    being encoded by the writer threads. `finish` fsyncs and renames the files into place;
-    `abort` removes every file this sink created.
-    """
-
-    def __init__(self, directory: Path, prefix: str, schema: pa.Schema, settings: IngestSettings) -> None:
-        self._directory = directory
-        self._prefix = prefix
-        self._schema = schema
-        self._zstd_level = settings.zstd_level
-        self._row_group_rows = settings.row_group_rows
-        self._flush_bytes = max(1, settings.buffer_bytes // 2)
-        self._buffers: dict[str, list[pa.RecordBatch]] = {}
-        self._buffered_rows: Counter[str] = Counter()
-        self._buffered_bytes = 0
-        self._open: OrderedDict[str, _OpenFile] = OrderedDict()
-        self._files: list[_OpenFile] = []
-        self._pending: list[Future[None]] = []
-        self._pool = ThreadPoolExecutor(SINK_THREADS, thread_name_prefix="parquet-sink")
-
-    def write(self, partition: str, batch: pa.RecordBatch) -> None:
-        if not batch.num_rows:
-            return
-        self._buffers.setdefault(partition, []).append(batch)
-        self._buffered_rows[partition] += batch.num_rows
-        self._buffered_bytes += batch.nbytes
-        if self._buffered_bytes >= self._flush_bytes or self._buffered_rows[partition] >= self._row_group_rows:
-            self._flush()
-
-    def _flush(self) -> None:
-        self._wait()  # the writers are idle from here on
-        jobs = [(self._writer(p), pa.Table.from_batches(b, self._schema)) for p, b in self._buffers.items()]
-        self._buffers, self._buffered_rows, self._buffered_bytes = {}, Counter(), 0
-        self._pending = [self._pool.submit(self._write, file, table) for file, table in jobs]
-
-    def _write(self, file: _OpenFile, table: pa.Table) -> None:
-        assert file.writer is not None
-        file.writer.write_table(table, row_group_size=self._row_group_rows)
-        file.rows += table.num_rows
-
-    def _wait(self) -> None:
-        pending, self._pending = self._pending, []
-        for future in pending:
-            future.result()
-
-    def _writer(self, partition: str) -> _OpenFile:
-        file = self._open.get(partition)
-        if file is not None:
-            self._open.move_to_end(partition)
-            return file
-        if len(self._open) >= MAX_OPEN_FILES:
-            _, oldest = self._open.popitem(last=False)
-            self._close(oldest)
-        folder = self._directory / partition if partition else self._directory
-        folder.mkdir(parents=True, exist_ok=True)
-        name = f"{self._prefix}-{len(self._files)}.parquet"
-        file = _OpenFile(partition, folder / f"{TEMP_PREFIX}{name}", folder / name, None)
-        self._files.append(file)  # before opening: abort() must find it whatever happens
-        file.writer = pq.ParquetWriter(
-            str(file.temp), self._schema, compression="zstd", compression_level=self._zstd_level
-        )
-        self._open[partition] = file
-        return file
-
-    @staticmethod
-    def _close(file: _OpenFile) -> None:
-        writer, file.writer = file.writer, None
-        if writer is not None:
-            writer.close()
-
-    def finish(self, ensure_file: bool = False) -> list[DataFile]:
-        """Write out the rest, make every file durable under its final name; the files."""
-        if self._buffers:
-            self._flush()
-        self._wait()
-        if ensure_file and not self._files:
-            self._writer("")  # an empty file keeps the schema of a new, empty dataset
-        while self._open:
-            self._close(self._open.popitem()[1])
-        list(self._pool.map(lambda f: fsync_path(f.temp), self._files))
-        folders: set[Path] = set()
-        for file in self._files:
-            os.rename(file.temp, file.final)
-            folder = file.final.parent
-            while folder != self._directory.parent and folder not in folders:
-                folders.add(folder)
-                folder = folder.parent
-        for folder in sorted(folders, key=lambda p: len(p.parts), reverse=True):
-            fsync_path(folder)
-        fsync_path(self._directory.parent)
-        fingerprint = columns_fingerprint(self._schema.names)
-        return [
-            DataFile(
-                f.final.relative_to(self._directory).as_posix(),
-                f.rows,
-                f.final.stat().st_size,
-                f.partition,
-                fingerprint,
-            )
-            for f in self._files
-        ]
-
-    def abort(self) -> None:
-        """Remove every file of this sink, renamed or not (best effort, never raises)."""
-        for future in self._pending:
-            future.cancel()
-        for future in self._pending:
-            try:
-                future.result()
-            except BaseException:  # noqa: S112 - the put already failed; this is clean-up
-                continue
-        self._pending = []
-        for file in self._files:
-            with contextlib.suppress(Exception):
-                self._close(file)
-            for path in (file.temp, file.final):
-                path.unlink(missing_ok=True)
-        self._open.clear()
-
-    def close(self) -> None:
-        self._pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _put_marker(metadata: pa.Buffer | None) -> dict[str, Any] | None:
@@ -287,7 +143,8 @@ class IngestService:
         self.datasets.sweep_retired()
         dataset = self.resolve(raw_name)
         conformer = Conformer(reader.schema, dataset, self.settings.max_columns, self.settings.max_nesting_depth)
-        sink = ParquetSink(dataset.directory, f"put-{uuid.uuid4().hex[:16]}", conformer.schema, self.settings)
+        prefix = f"put-{uuid.uuid4().hex[:16]}"
+        sink = ParquetSink(dataset.directory, prefix, conformer.schema, self.settings, conformer.partition_of)
         rows = size = 0
         try:
             for batch in _batches(reader):
@@ -300,9 +157,7 @@ class IngestService:
                     raise ResourceExhausted(
                         f"put has more than {self.settings.max_put_bytes:,} Arrow bytes; nothing was stored, split it"
                     )
-                batch, codes = conformer.conform(batch)
-                for partition, part in conformer.split(batch, codes):
-                    sink.write(partition, part)
+                sink.write(*conformer.conform(batch))
             if cancelled():
                 raise Cancelled("the client went away before the put finished; nothing was stored")
             files = sink.finish(ensure_file=dataset.schema is None)
@@ -312,8 +167,6 @@ class IngestService:
         except BaseException as exc:
             sink.abort()
             raise _storage_error(exc) from None
-        finally:
-            sink.close()
         self._cache.bump([dataset.name])
         return {
             "rows": rows,
@@ -378,14 +231,12 @@ class IngestService:
                 for file in group:
                     parquet = pq.ParquetFile(dataset.directory / file.path)
                     for batch in parquet.iter_batches(batch_size=_COMPACT_BATCH_ROWS):
-                        sink.write(partition, _with_schema(batch, schema))
+                        sink.write(_with_schema(batch, schema), partition=partition)
             new = sink.finish()
             self.datasets.replace(dataset, [f for group in chosen.values() for f in group], new)
         except BaseException as exc:
             sink.abort()
             raise _storage_error(exc) from None
-        finally:
-            sink.close()
         return new
 
 

@@ -13,7 +13,7 @@ always derived by the server from the partition source column.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -235,20 +235,10 @@ class Conformer:
             raise InvalidArgument(f"column '{column.name}' is required but has {array.null_count} nulls")
         return array
 
-    def split(self, batch: pa.RecordBatch, codes: np.ndarray | None) -> Iterator[tuple[str, pa.RecordBatch]]:
-        """The rows of `batch` by partition: (hive path, rows of that partition)."""
-        if codes is None or not len(codes):
-            yield "", batch
-            return
+    def partition_of(self, code: int) -> str:
+        """The hive path of the partition a code of `conform` names."""
         assert self.partitioning is not None
-        order = np.argsort(codes, kind="stable")
-        ordered = codes[order]
-        starts = np.concatenate(([0], np.flatnonzero(np.diff(ordered)) + 1))
-        if len(starts) > 1:
-            batch = batch.take(pa.array(order))
-        ends = np.append(starts[1:], len(ordered))
-        for start, end in zip(starts.tolist(), ends.tolist(), strict=True):
-            yield partition_path(self.partitioning, int(ordered[start])), batch.slice(start, end - start)
+        return partition_path(self.partitioning, code)
 
 
 def partition_codes(part: Partitioning, source: pa.Array) -> np.ndarray:
