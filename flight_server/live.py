@@ -1,0 +1,189 @@
+"""Live metrics over DoExchange: one record batch of the server's metrics every interval.
+
+The client sends `FlightDescriptor.for_command(b'{"subscribe": "system.metrics",
+"interval_s": 1}')` and reads; the server writes one row of current metrics at once and
+then every `interval_s` seconds (0.2 to 60) until the client cancels the call, closes
+its side of the stream, or goes away, or until the server drains.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import psutil
+import pyarrow as pa
+import pyarrow.flight as flight
+
+from flight_server.errors import InvalidArgument, ResourceExhausted
+
+if TYPE_CHECKING:
+    from flight_server.app import App
+
+logger = logging.getLogger(__name__)
+
+TOPICS = ("system.metrics",)
+MIN_INTERVAL_S, MAX_INTERVAL_S = 0.2, 60.0
+MAX_SUBSCRIBERS = 16  # each open stream holds one Flight worker thread
+
+SCHEMA = pa.schema(
+    [
+        ("timestamp", pa.timestamp("ms", tz="UTC")),
+        ("uptime_s", pa.float64()),
+        ("status", pa.string()),
+        ("cpu_ratio", pa.float64()),
+        ("system_cpu_ratio", pa.float64()),
+        ("system_memory_ratio", pa.float64()),
+        ("rss_bytes", pa.int64()),
+        ("duckdb_memory_bytes", pa.int64()),
+        ("active_queries", pa.int32()),
+        ("in_flight_calls", pa.int32()),
+        ("requests_total", pa.int64()),
+        ("requests_per_s", pa.float64()),
+        ("errors_per_s", pa.float64()),
+        ("cache_hit_ratio", pa.float64()),
+        ("cache_l1_entries", pa.int64()),
+        ("cache_l1_bytes", pa.int64()),
+        ("live_subscribers", pa.int32()),
+    ]
+)
+
+
+def parse_subscription(descriptor: flight.FlightDescriptor) -> float:
+    """The interval of a subscribe command; INVALID_ARGUMENT for anything else."""
+    example = '{"subscribe": "system.metrics", "interval_s": 1}'
+    if descriptor.descriptor_type != flight.DescriptorType.CMD:
+        raise InvalidArgument(f"DoExchange takes a JSON command such as {example}")
+    try:
+        body = json.loads(descriptor.command)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise InvalidArgument(f"DoExchange command must be JSON, e.g. {example}") from None
+    if not isinstance(body, dict) or "subscribe" not in body:
+        raise InvalidArgument(f"DoExchange command must be a subscription, e.g. {example}")
+    unknown = sorted(set(body) - {"subscribe", "interval_s"})
+    if unknown:
+        raise InvalidArgument(f"unknown key '{unknown[0]:.40}' in the subscription; keys: subscribe, interval_s")
+    topic = body["subscribe"]
+    if topic not in TOPICS:
+        raise InvalidArgument(f"unknown subscription '{topic!s:.60}'; available: {', '.join(TOPICS)}")
+    interval = body.get("interval_s", 1.0)
+    if isinstance(interval, bool) or not isinstance(interval, int | float):
+        raise InvalidArgument("interval_s must be a number of seconds")
+    if not MIN_INTERVAL_S <= interval <= MAX_INTERVAL_S:
+        raise InvalidArgument(f"interval_s must be between {MIN_INTERVAL_S:g} and {MAX_INTERVAL_S:g} seconds")
+    return float(interval)
+
+
+class LiveMetrics:
+    """Open live streams and what one row of metrics holds."""
+
+    def __init__(self, app: App) -> None:
+        self._app = app
+        self._lock = threading.Lock()
+        self.subscribers = 0
+
+    def stream(
+        self,
+        interval_s: float,
+        reader: flight.MetadataRecordBatchReader,
+        writer: flight.MetadataRecordBatchWriter,
+        cancelled: Callable[[], bool],
+    ) -> int:
+        """Write a batch every interval until the client or the server ends it; batches sent."""
+        with self._lock:
+            if self.subscribers >= MAX_SUBSCRIBERS:
+                raise ResourceExhausted(f"at most {MAX_SUBSCRIBERS} live metrics streams at once; close one")
+            self.subscribers += 1
+        try:
+            return self._loop(interval_s, reader, writer, cancelled)
+        finally:
+            with self._lock:
+                self.subscribers -= 1
+
+    def _loop(
+        self,
+        interval_s: float,
+        reader: flight.MetadataRecordBatchReader,
+        writer: flight.MetadataRecordBatchWriter,
+        cancelled: Callable[[], bool],
+    ) -> int:
+        client_done = threading.Event()
+        threading.Thread(target=_watch_client, args=(reader, client_done), name="live-client", daemon=True).start()
+        stopping = self._app.lifecycle.stopping
+        process = psutil.Process()
+        process.cpu_percent(None)
+        last = (time.monotonic(), self._counts())
+        sent = 0
+        writer.begin(SCHEMA)
+        while True:
+            now = time.monotonic(), self._counts()
+            try:
+                writer.write_batch(self.row(process, last, now))
+            except (flight.FlightError, OSError) as exc:  # the client went away mid-write
+                logger.debug("live stream ended by a failed write", extra={"fields": {"error": str(exc)[:120]}})
+                return sent
+            sent += 1
+            last = now
+            deadline = time.monotonic() + interval_s
+            while time.monotonic() < deadline:
+                if cancelled() or client_done.is_set() or stopping.is_set():
+                    return sent
+                client_done.wait(min(0.05, max(0.0, deadline - time.monotonic())))
+
+    def _counts(self) -> tuple[int, int]:
+        by_status = self._app.stats.snapshot()["by_status"]
+        total = sum(by_status.values())
+        return total, total - by_status.get("ok", 0)
+
+    def row(
+        self,
+        process: psutil.Process,
+        last: tuple[float, tuple[int, int]],
+        now: tuple[float, tuple[int, int]],
+    ) -> pa.RecordBatch:
+        app = self._app
+        elapsed = max(now[0] - last[0], 1e-9)
+        sample = app.resources.latest
+        cpu = process.cpu_percent(None) / 100.0 / (psutil.cpu_count() or 1)  # since the last row
+        try:
+            duckdb_memory: int | None = int(app.duckdb.health()["memory_bytes"])
+        except Exception:  # closing or busy: unknown this time
+            duckdb_memory = None
+        l1 = app.cache.l1.stats()
+        values: dict[str, Any] = {
+            "timestamp": dt.datetime.now(dt.UTC),
+            "uptime_s": app.uptime_s(),
+            "status": app.lifecycle.state,
+            "cpu_ratio": cpu if elapsed >= MIN_INTERVAL_S / 2 or sample is None else sample.cpu_ratio,
+            "system_cpu_ratio": sample.system_cpu_ratio if sample else None,
+            "system_memory_ratio": psutil.virtual_memory().percent / 100.0,
+            "rss_bytes": process.memory_info().rss,
+            "duckdb_memory_bytes": duckdb_memory,
+            "active_queries": len(app.running),
+            "in_flight_calls": app.lifecycle.in_flight,
+            "requests_total": now[1][0],
+            "requests_per_s": (now[1][0] - last[1][0]) / elapsed if last[0] != now[0] else 0.0,
+            "errors_per_s": (now[1][1] - last[1][1]) / elapsed if last[0] != now[0] else 0.0,
+            "cache_hit_ratio": app.cache.hit_ratio(),
+            "cache_l1_entries": l1.get("entries", 0),
+            "cache_l1_bytes": l1.get("bytes", 0),
+            "live_subscribers": self.subscribers,
+        }
+        return pa.RecordBatch.from_pylist([values], schema=SCHEMA)
+
+
+def _watch_client(reader: flight.MetadataRecordBatchReader, done: threading.Event) -> None:
+    """Set `done` once the client closes its side of the stream (or the call ends)."""
+    try:
+        while True:
+            reader.read_chunk()
+    except StopIteration:
+        pass
+    except Exception:  # the call was cancelled or ended: the same for us
+        logger.debug("live stream's client side ended with an error", exc_info=True)
+    done.set()
