@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
-
-import psutil
 
 from flight_server.app import App
 from flight_server.commands import parse_command
@@ -45,20 +42,32 @@ def health(app: App, ctx: RequestContext, body: bytes) -> dict[str, Any]:
         except Exception as exc:
             engines[name] = {"status": "down", "error": str(exc).splitlines()[0]}
             warnings.append(f"engine {name} is down")
+    breakers = {name: breaker.snapshot() for name, breaker in app.breakers().items()}
+    for name, breaker in breakers.items():
+        if breaker["state"] != "closed" and name != "redis":  # the cache warns about Redis itself
+            warnings.append(f"{name} circuit breaker is {breaker['state']}; retrying in {breaker['retry_in_s']:.1f} s")
     warnings.extend(app.cache.warnings())
-    process = psutil.Process()
-    memory = psutil.virtual_memory()
-    if memory.percent > 80:
-        warnings.append(f"system memory use is {memory.percent:.0f}% (over 80%)")
+    warnings.extend(app.resources.warnings())
+    cache = app.cache.stats()
     return {
         "status": "ok" if not warnings else "degraded",
         "version": app.version,
-        "uptime_s": round(time.time() - app.started, 3),
+        "uptime_s": app.uptime_s(),
+        "server": app.lifecycle.snapshot(),
         "engines": engines,
+        "breakers": breakers,
         "active_queries": app.running.snapshot(),
         "requests": app.stats.snapshot(),
-        "cache": app.cache.stats(),
-        "memory": {"rss_bytes": process.memory_info().rss, "system_percent": memory.percent},
+        "limits": app.limits.stats(),
+        "cache": cache,
+        "cache_hit_ratios": {
+            "overall": cache["hit_ratio"],
+            "l1": cache["l1"]["hit_ratio"],
+            "l2": None if cache["l2"] is None else cache["l2"]["hit_ratio"],
+        },
+        "sync": {"status": "not implemented", "lag_s": None, "note": "PostgreSQL to DuckDB sync does not exist yet"},
+        "memory": app.resources.snapshot(),
+        "live_subscribers": app.live.subscribers,
         "named_queries": len(app.catalog),
         "warnings": warnings,
     }
@@ -116,7 +125,11 @@ def dataset_compact(app: App, ctx: RequestContext, body: bytes) -> dict[str, Any
 ACTIONS: dict[str, ActionSpec] = {
     spec.name: spec
     for spec in (
-        ActionSpec("health", "Diagnostics as JSON: engines, active queries, requests, memory, warnings.", health),
+        ActionSpec(
+            "health",
+            "Diagnostics as JSON: engines, breakers, cache hit ratios, memory and its trend, active queries, warnings.",
+            health,
+        ),
         ActionSpec("explain", "Body: a command. The routing decision, final SQL and the engine's plan.", explain),
         ActionSpec("query.cancel", 'Body: {"query_id": ...}. Interrupt a running query.', cancel, "admin"),
         ActionSpec("cache.stats", "Hits and misses per cache level, bytes, evictions, hit ratio.", cache_stats),

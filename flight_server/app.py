@@ -14,6 +14,7 @@ import duckdb
 from flight_server import __version__, oltp
 from flight_server.audit import AuditLog
 from flight_server.auth import Authenticator, Credentials
+from flight_server.breaker import CircuitBreaker
 from flight_server.cache import build_cache
 from flight_server.catalog import load_catalog
 from flight_server.context import RunningQueries
@@ -24,7 +25,11 @@ from flight_server.engines.postgres import PostgresEngine
 from flight_server.executor import QueryExecutor
 from flight_server.hybrid import HybridRunner
 from flight_server.ingest import IngestService
+from flight_server.lifecycle import Lifecycle
 from flight_server.limits import Limiter
+from flight_server.live import LiveMetrics
+from flight_server.metrics import Metrics
+from flight_server.resources import ResourceMonitor
 from flight_server.router import Router, TableRegistry
 from flight_server.security import configured_users
 from flight_server.settings import Settings
@@ -56,6 +61,8 @@ class App:
         self.settings = settings
         self.version = __version__
         self.started = time.time()
+        self.lifecycle = Lifecycle()
+        self.metrics = Metrics()
         self.running = RunningQueries()
         self.duckdb = DuckDBEngine(settings, self.running, prepare)
         self.datasets = DatasetRegistry(settings.datasets_dir, self.duckdb.cursor, self.running)
@@ -93,10 +100,29 @@ class App:
         self.warmer = CacheWarmer(self.executor, self.cache, settings.cache)
         self.warmer.warm_soon("start-up")
         self.stats = RequestStats()
+        self.resources = ResourceMonitor(
+            settings.data_dir, self._duckdb_memory, settings.duckdb.memory_limit, settings.health_interval_s
+        )
+        self.live = LiveMetrics(self)
         logger.info(
             "server parts ready",
             extra={"fields": {"engines": sorted(self.engines), "named_queries": len(self.catalog)}},
         )
+
+    def uptime_s(self) -> float:
+        return round(time.time() - self.started, 3)
+
+    def breakers(self) -> dict[str, CircuitBreaker]:
+        """Every circuit breaker of the server, by the dependency it guards."""
+        out = {}
+        if self.postgres is not None:
+            out["postgres"] = self.postgres.breaker
+        if self.cache.l2 is not None:
+            out["redis"] = self.cache.l2.breaker
+        return out
+
+    def _duckdb_memory(self) -> int | None:
+        return int(self.duckdb.health()["memory_bytes"])
 
     def _lookup_user(self, username: str) -> Credentials | None:
         """Basic-auth users: the configured list first, then approved users of the users table.
@@ -129,8 +155,11 @@ class App:
         return PostgresEngine(settings.postgres, self.running, settings.duckdb.query_deadline_s)
 
     def close(self) -> None:
-        self.audit.close()
+        """Stop background work (flushing what it holds), then close the cache and the engines."""
+        self.lifecycle.stopped()
         self.warmer.close()
+        self.resources.close()
+        self.audit.close()
         self.running.close()
         self.cache.close()
         for engine in self.engines.values():

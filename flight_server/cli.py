@@ -82,25 +82,48 @@ def _print_demo_tokens(app: App) -> None:
 
 
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
-    from flight_server.server import ChronoFlightServer
+    from flight_server.serving import Runner, run
 
     def prepare(con: duckdb.DuckDBPyConnection) -> None:
         if args.demo:
             _fill_demo(con, settings, args.rows, args.seed, only_if_empty=True)
 
-    app = App(settings, prepare=prepare)
-    server = ChronoFlightServer(app)
-    scheme = "grpc+tls" if settings.tls.cert_file else "grpc"
-    location = f"{scheme}://{settings.host}:{server.port}"
-    logger.info("serving", extra={"fields": {"location": location, "version": __version__}})
-    if args.demo and settings.auth.jwt_secret:
-        _print_demo_tokens(app)
-    err.print(f"Chrono Flight {__version__} listening on {location} (Ctrl-C stops)")
-    try:
-        server.serve()
-    finally:
-        app.close()
-    return 0
+    def announce(runner: Runner) -> None:
+        assert runner.app is not None
+        location = runner.location
+        ports = {"health_port": runner.health.port, "metrics_port": runner.metrics_port}
+        logger.info("serving", extra={"fields": {"location": location, "version": __version__, **ports}})
+        if args.demo and settings.auth.jwt_secret:
+            _print_demo_tokens(runner.app)
+        err.print(
+            f"Chrono Flight {__version__} listening on {location} (Ctrl-C stops); "
+            f"health on port {runner.health.port}, metrics on port {runner.metrics_port}",
+            soft_wrap=True,
+        )
+
+    return run(settings, prepare, announce)
+
+
+def cmd_health_check(args: argparse.Namespace, settings: Settings) -> int:
+    """Exit 0 when the health service answers SERVING (for container health checks)."""
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    from flight_server.health import bind_address
+
+    host = args.host or ("127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host)  # noqa: S104
+    target = bind_address(host, args.port or settings.health_port)
+    with grpc.insecure_channel(target) as channel:
+        try:
+            reply = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service=args.service), timeout=args.timeout
+            )
+        except grpc.RpcError as exc:
+            err.print(f"{target}: {exc.code().name}: {exc.details()}")
+            return 1
+    status = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+    err.print(f"{target} {args.service or '(server)'}: {status}")
+    return 0 if reply.status == health_pb2.HealthCheckResponse.SERVING else 1
 
 
 def cmd_demo_data(args: argparse.Namespace, settings: Settings) -> int:
@@ -143,6 +166,13 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--rows", type=int, default=1_000_000, help="demo CDX rows (with --demo)")
     serve.add_argument("--seed", type=int, default=42, help="demo data seed (with --demo)")
     serve.set_defaults(func=cmd_serve)
+
+    check = sub.add_parser("health-check", help="ask the gRPC health service; exit 0 when SERVING")
+    check.add_argument("--service", default="", help="component: flight, duckdb, postgres, redis ('' = server)")
+    check.add_argument("--host", help="health host (default FLIGHT_HOST, or 127.0.0.1 when it binds all)")
+    check.add_argument("--port", type=int, help="health port (default FLIGHT_HEALTH_PORT)")
+    check.add_argument("--timeout", type=float, default=3.0, help="seconds to wait for the answer")
+    check.set_defaults(func=cmd_health_check)
 
     demo = sub.add_parser("demo-data", help="(re)generate the demo data set (server stopped)")
     demo.add_argument("--rows", type=int, default=1_000_000, help="CDX rows to generate")

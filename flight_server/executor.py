@@ -129,7 +129,9 @@ class QueryExecutor:
         for query in self.catalog:
             sample = {p.name: p.default if p.default is not None else _SAMPLE_VALUES[p.type] for p in query.params}
             try:
-                route = self.router.route(query.tables, declared=query.engine, tree=self._named_trees[query.name])
+                route = self.router.route(
+                    query.tables, declared=query.engine, tree=self._named_trees[query.name], label=query.name
+                )
             except Unavailable:
                 logger.info(
                     "named query needs an engine that is not configured", extra={"fields": {"query": query.name}}

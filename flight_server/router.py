@@ -11,6 +11,7 @@ Tables of both engines make a hybrid query. The reason travels to FlightInfo
 from __future__ import annotations
 
 import threading
+from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -117,6 +118,8 @@ class Router:
         self.engines = frozenset(engines)
         self.breakers = breakers or {}
         self.latency = LatencyHistory()
+        self._decisions: Counter[tuple[str, str, bool]] = Counter()
+        self._decisions_lock = threading.Lock()
 
     def available(self, engine: str) -> bool:
         breaker = self.breakers.get(engine)
@@ -130,6 +133,17 @@ class Router:
         tree: Any = None,
         label: str = "sql",
     ) -> Route:
+        route = self._route(tables, hint, declared, tree, label)
+        with self._decisions_lock:
+            self._decisions[(label, route.engine, route.fallback)] += 1
+        return route
+
+    def decisions(self) -> dict[tuple[str, str, bool], int]:
+        """Routing decisions so far: (route, engine, fallback) -> count."""
+        with self._decisions_lock:
+            return dict(self._decisions)
+
+    def _route(self, tables: Iterable[str], hint: str, declared: str | None, tree: Any, label: str) -> Route:
         tables = sorted(set(tables))
         for needed in ENGINE_ORDER if declared == "hybrid" else (declared,) if declared else ():
             self._require(needed)

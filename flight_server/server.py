@@ -21,6 +21,7 @@ from flight_server.commands import Command, dataset_command, parse_command
 from flight_server.context import Caller, RequestContext
 from flight_server.errors import ChronoError, InvalidArgument, NotFound, ResourceExhausted, to_flight_error
 from flight_server.executor import OpenResult
+from flight_server.live import parse_subscription
 from flight_server.security import (
     AuthMiddlewareFactory,
     HeaderAuthHandler,
@@ -50,7 +51,8 @@ class ChronoFlightServer(flight.FlightServerBase):  # type: ignore[misc]
         check_bind_address(settings)
         tls = tls_options(settings)
         scheme = "grpc+tls" if tls else "grpc"
-        kwargs.setdefault("middleware", {"auth": AuthMiddlewareFactory(app.auth)})
+        # the drain middleware goes last: it counts only calls every other middleware let in
+        kwargs.setdefault("middleware", {"auth": AuthMiddlewareFactory(app.auth), "drain": app.lifecycle.middleware()})
         kwargs.setdefault("auth_handler", HeaderAuthHandler())
         super().__init__(location or f"{scheme}://{settings.host}:{settings.port}", **tls, **kwargs)
         self.app = app
@@ -74,6 +76,7 @@ class ChronoFlightServer(flight.FlightServerBase):  # type: ignore[misc]
 
     def _log(self, ctx: RequestContext, label: str, status: str, **fields: Any) -> None:
         self.app.stats.record(ctx.rpc, status)
+        self.app.metrics.observe_request(ctx.rpc, label, status, ctx.elapsed_ms() / 1000.0, fields)
         self.app.audit.record(
             {
                 "subject": ctx.caller.subject,
@@ -164,9 +167,14 @@ class ChronoFlightServer(flight.FlightServerBase):  # type: ignore[misc]
         metadata = pa.py_buffer(_metadata_bytes(result.metadata()))
         status = "cancelled"
         budget = _Budget.for_caller(ctx.caller, self.app.settings)
+        # rows and bytes as far as Python sees them: all of a result in hand, but not
+        # the batches of a live reader handed to the C++ writer (admins, large results)
+        sent = {"rows": 0, "bytes": 0}
         try:
             for batch in result.batches:
                 budget.spend(batch)
+                sent["rows"] += batch.num_rows
+                sent["bytes"] += batch.nbytes
             head = result.batches[0] if result.batches else _empty_batch(result.schema)
             yield head, metadata
             if len(result.batches) > 1:
@@ -177,6 +185,8 @@ class ChronoFlightServer(flight.FlightServerBase):  # type: ignore[misc]
                 else:
                     for batch in result.running.reader:
                         budget.spend(batch)
+                        sent["rows"] += batch.num_rows
+                        sent["bytes"] += batch.nbytes
                         yield batch
             status = "ok"
         except ChronoError as exc:
@@ -185,7 +195,7 @@ class ChronoFlightServer(flight.FlightServerBase):  # type: ignore[misc]
         finally:
             result.close()
             self.app.limits.release(ctx.caller)
-            self._log(ctx, result.plan.label, status, engine=result.plan.engine, cache=result.cache)
+            self._log(ctx, result.plan.label, status, engine=result.plan.engine, cache=result.cache, **sent)
 
     def do_put(
         self,
@@ -200,7 +210,15 @@ class ChronoFlightServer(flight.FlightServerBase):  # type: ignore[misc]
             require(ctx.caller, "ingest", "ingest data")
             result = self.app.ingest.put(descriptor.path[0], reader, context.is_cancelled)
             writer.write(pa.py_buffer(_metadata_bytes(result)))
-            self._log(ctx, "put", "ok", rows=result["rows"], files=len(result["files"]), bytes=result["bytes"])
+            self._log(
+                ctx,
+                "put",
+                "ok",
+                dataset=descriptor.path[0].decode(errors="replace").lower(),
+                rows=result["rows"],
+                files=len(result["files"]),
+                bytes=result["bytes"],
+            )
 
         self._rpc("DoPut", context, "put", handle)
 
@@ -239,6 +257,21 @@ class ChronoFlightServer(flight.FlightServerBase):  # type: ignore[misc]
             return infos
 
         return iter(self._rpc("ListFlights", context, "catalog", handle))
+
+    def do_exchange(
+        self,
+        context: flight.ServerCallContext,
+        descriptor: flight.FlightDescriptor,
+        reader: flight.MetadataRecordBatchReader,
+        writer: flight.MetadataRecordBatchWriter,
+    ) -> None:
+        def handle(ctx: RequestContext) -> None:
+            require(ctx.caller, "metadata", "subscribe to live metrics")
+            interval_s = parse_subscription(descriptor)
+            sent = self.app.live.stream(interval_s, reader, writer, context.is_cancelled)
+            self._log(ctx, "live", "ok", batches=sent)
+
+        self._rpc("DoExchange", context, "live", handle)
 
     def list_actions(self, context: flight.ServerCallContext) -> list[tuple[str, str]]:
         return [(spec.name, spec.description) for spec in ACTIONS.values()]

@@ -147,6 +147,14 @@ class Settings(BaseSettings):
     schemas_dir: Path = Field(PROJECT_ROOT / "schemas", description="table DDL and the named-query catalogue")
     log_level: str = Field("INFO", description="log level: DEBUG, INFO, WARNING or ERROR")
     log_format: str = Field("json", description="log format: json (one object a line) or text")
+    health_port: int = Field(
+        8816, ge=0, le=65535, description="gRPC health checking port (grpc.health.v1; 0 picks a free port)"
+    )
+    health_interval_s: float = Field(5.0, gt=0, description="seconds between background health checks")
+    metrics_port: int = Field(9464, ge=0, le=65535, description="Prometheus metrics port (0 picks a free port)")
+    drain_timeout_s: float = Field(
+        30.0, ge=0, description="on SIGTERM/SIGINT, seconds calls in flight get to finish before they are cancelled"
+    )
     duckdb: DuckDBSettings = Field(default_factory=DuckDBSettings)  # type: ignore[arg-type]
     postgres: PostgresSettings = Field(default_factory=PostgresSettings)  # type: ignore[arg-type]
     cache: CacheSettings = Field(default_factory=CacheSettings)  # type: ignore[arg-type]

@@ -34,6 +34,7 @@ class CacheWarmer:
         self._running = False
         self._pending = False
         self._closed = False
+        self._thread: threading.Thread | None = None
         self.passes = 0
         self.warmed = 0
         self.failures = 0
@@ -49,12 +50,16 @@ class CacheWarmer:
                 self._pending = True
                 return
             self._running = True
-        threading.Thread(target=self._passes, args=(reason,), name="cache-warmer", daemon=True).start()
+        self._thread = threading.Thread(target=self._passes, args=(reason,), name="cache-warmer", daemon=True)
+        self._thread.start()
 
     def _passes(self, reason: str) -> None:
         while True:
             members = self._cache.top_used(self._top_n)
-            futures = [self._pool.submit(self._warm_one, member) for member in members]
+            try:
+                futures = [self._pool.submit(self._warm_one, member) for member in members]
+            except RuntimeError:  # closed meanwhile: the pool takes no more work
+                futures = []
             wait(futures)
             self.passes += 1
             logger.info(
@@ -92,7 +97,11 @@ class CacheWarmer:
     def stats(self) -> dict[str, Any]:
         return {"passes": self.passes, "warmed": self.warmed, "failures": self.failures, "top_n": self._top_n}
 
-    def close(self) -> None:
+    def close(self, timeout_s: float = 10.0) -> None:
+        """Stop warming: queued queries are dropped, those already running get `timeout_s` to finish."""
         with self._lock:
             self._closed = True
+            self._pending = False
         self._pool.shutdown(wait=False, cancel_futures=True)
+        if self._thread is not None:
+            self._thread.join(timeout_s)
