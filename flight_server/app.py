@@ -154,13 +154,18 @@ class App:
                 logger.warning("postgres schema not applied", extra={"fields": {"error": str(exc).splitlines()[0]}})
         return PostgresEngine(settings.postgres, self.running, settings.duckdb.query_deadline_s)
 
-    def close(self) -> None:
-        """Stop background work (flushing what it holds), then close the cache and the engines."""
+    def close(self, engines: bool = True) -> None:
+        """Stop background work (flushing what it holds), then close the cache and the engines.
+
+        `engines=False` leaves the engines open, for a shutdown that gives up on a stream
+        a client stopped reading: its reader still belongs to an engine.
+        """
         self.lifecycle.stopped()
         self.warmer.close()
         self.resources.close()
         self.audit.close()
         self.running.close()
         self.cache.close()
-        for engine in self.engines.values():
-            engine.close()
+        if engines:
+            for engine in self.engines.values():
+                engine.close()

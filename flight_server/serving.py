@@ -13,6 +13,7 @@ and stopped, the cache and the engines are closed, and the ports close.
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import threading
 import time
@@ -45,6 +46,7 @@ class Runner:
         self.stop_requested = threading.Event()
         self._shutdown_lock = threading.Lock()
         self._shut_down = False
+        self.flight_stopped = False
 
     @property
     def location(self) -> str:
@@ -104,27 +106,29 @@ class Runner:
                 for query in running:
                     app.running.cancel(query["query_id"])
                 app.lifecycle.wait_idle(FINAL_GRACE_S)
-        self._stop_flight()
-        self._close_parts()
+        self.flight_stopped = self._stop_flight()
+        self._close_parts(engines=self.flight_stopped)
         logger.info("stopped", extra={"fields": {"drained": drained, "seconds": round(time.monotonic() - started, 3)}})
         return drained
 
-    def _stop_flight(self) -> None:
+    def _stop_flight(self) -> bool:
+        """Stop the Flight server; False when calls were still open after the grace period."""
         server = self.server
         if server is None:
-            return
-        # Flight's shutdown waits for calls still open (a client that stopped reading);
-        # it runs on a helper thread so that such a call cannot hold the exit forever.
+            return True
+        # Flight's shutdown waits for every open call, and a client that stopped reading
+        # keeps its stream open for good: shut down on a helper thread, wait boundedly.
         done = threading.Thread(target=server.shutdown, name="flight-shutdown", daemon=True)
         done.start()
         done.join(FINAL_GRACE_S)
         if done.is_alive():
-            logger.warning("flight calls still open after the grace period; exiting without them")
+            logger.warning("flight calls still open after the grace period; leaving them to the process exit")
+            return False
+        return True
 
-    def _close_parts(self) -> None:
+    def _close_parts(self, engines: bool = True) -> None:
         if self.app is not None:
-            self.app.lifecycle.stopped()
-            self.app.close()
+            self.app.close(engines=engines)
         if self.metrics_server is not None:
             stop_metrics(self.metrics_server)
         self.health.stop()
@@ -150,4 +154,9 @@ def run(
         announce(runner)
     runner.wait()
     runner.shutdown()
+    if not runner.flight_stopped:
+        # A stream nobody reads would hold the interpreter's exit (Flight's finalizer
+        # waits for it): everything else is flushed and closed, so leave now.
+        logging.shutdown()
+        os._exit(0)
     return 0
