@@ -85,6 +85,21 @@ def start_server(data_dir: Path, rows: int = 0, **groups: Any) -> ServerHandle:
     return ServerHandle(app, server, location, flight.connect(location), data_dir)
 
 
+def runner_settings(data_dir: Path, **groups: Any) -> Settings:
+    """Settings for a `Runner` (the whole `serve`): every port free, checks every 0.2 s."""
+    duckdb = {k: v for k, v in groups.items() if k not in Settings.model_fields}
+    others = {"health_interval_s": 0.2, **{k: v for k, v in groups.items() if k in Settings.model_fields}}
+    return Settings(
+        data_dir=data_dir,
+        port=0,
+        health_port=0,
+        metrics_port=0,
+        log_format="text",
+        duckdb=DuckDBSettings(threads=2, memory_limit="1GB", **duckdb),
+        **others,
+    )
+
+
 def stop_server(handle: ServerHandle) -> None:
     handle.client.close()
     handle.server.shutdown()

@@ -35,6 +35,10 @@ class TcpProxy:
             listener, self._listener = self._listener, None
             connections, self._connections = self._connections, []
         if listener is not None:
+            # shutdown wakes the thread blocked in accept(); a bare close would let one
+            # more connection through
+            with contextlib.suppress(OSError):
+                listener.shutdown(socket.SHUT_RDWR)
             listener.close()
         for conn in connections:
             with contextlib.suppress(OSError):
@@ -46,6 +50,9 @@ class TcpProxy:
             try:
                 client, _ = listener.accept()
             except OSError:
+                return
+            if listener is not self._listener:  # cut while this connection was arriving
+                client.close()
                 return
             try:
                 upstream = socket.create_connection(self.target, timeout=5)
