@@ -7,15 +7,18 @@ import logging
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
 import duckdb
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
 from flight_server import __version__
-from flight_server.app import App
 from flight_server.logs import configure_logging
 from flight_server.settings import Settings
+
+if TYPE_CHECKING:  # the server's parts load only for `serve`: other commands start fast
+    from flight_server.app import App
 
 logger = logging.getLogger(__name__)
 err = Console(stderr=True)
