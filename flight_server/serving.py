@@ -7,7 +7,8 @@ health turns SERVING. Shutdown, on SIGTERM or SIGINT (`flight-server serve`) or
 UNAVAILABLE; calls in flight get up to `FLIGHT_DRAIN_TIMEOUT_S` to finish (live metrics
 streams end at once); queries still running after that are cancelled; then the Flight
 server stops, background work (warming, the audit writer, resource sampling) is flushed
-and stopped, the cache and the engines are closed, and the ports close.
+and stopped, the cache and the engines are closed, and the ports close. A second signal
+during the drain exits at once (code 130).
 """
 
 from __future__ import annotations
@@ -73,7 +74,12 @@ class Runner:
         """SIGTERM and SIGINT start the graceful shutdown (main thread only)."""
 
         def request_stop(signum: int, frame: FrameType | None) -> None:
-            logger.info("stop requested", extra={"fields": {"signal": signal.Signals(signum).name}})
+            name = signal.Signals(signum).name
+            if self.stop_requested.is_set():  # a second signal: the operator will not wait
+                logger.warning("second stop signal: exiting without draining", extra={"fields": {"signal": name}})
+                logging.shutdown()
+                os._exit(130)
+            logger.info("stop requested", extra={"fields": {"signal": name}})
             self.stop_requested.set()
 
         for sig in STOP_SIGNALS:

@@ -183,3 +183,16 @@ def test_serving_drain_timeout_bounds_a_stream_nobody_reads(
         reader.read_all()
     client.close()
     assert any('"drain timeout passed' in line for line in lines)
+
+
+def test_serving_second_signal_exits_without_waiting(data_dir: Path, served: list[subprocess.Popen[str]]) -> None:
+    proc, url, _port, lines = _serve(data_dir, FLIGHT_DRAIN_TIMEOUT_S="60")
+    served.append(proc)
+    client = flight.connect(url)
+    reader = client.do_get(flight.Ticket(json.dumps(BIG).encode()))
+    reader.read_chunk()  # a stream in flight: the drain would wait a minute for it
+    proc.send_signal(signal.SIGTERM)
+    _wait(lambda: any("draining" in line for line in lines))
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=15) == 130
+    client.close()
