@@ -324,6 +324,8 @@ class ServerProcess:
         environ |= {
             "FLIGHT_DATA_DIR": str(data_dir),
             "FLIGHT_PORT": "0",
+            "FLIGHT_HEALTH_PORT": "0",
+            "FLIGHT_METRICS_PORT": "0",
             "FLIGHT_DUCKDB__THREADS": "2",
             "FLIGHT_DUCKDB__MEMORY_LIMIT": "1GB",
             "FLIGHT_LOG_FORMAT": "text",
