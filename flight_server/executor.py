@@ -139,6 +139,8 @@ class QueryExecutor:
                 continue
             try:
                 self._named_schemas[query.name] = self._schema(route.engine, query.sql, sample)
+            except Unavailable as exc:  # PostgreSQL down at start-up: the query answers UNAVAILABLE
+                logger.warning("named query not planned", extra={"fields": {"query": query.name, "error": str(exc)}})
             except Exception as exc:
                 raise ValueError(f"named query {query.name} does not plan: {exc}") from None
 

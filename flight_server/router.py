@@ -163,6 +163,10 @@ class Router:
                 )
             self._require_available(hint)
             return Route(hint, f"engine hint '{hint}' from the request")
+        if declared == "hybrid":
+            # a hybrid named query stays hybrid even when copies of its tables would let
+            # one engine run it alone: its SQL is written for DuckDB over both engines
+            return self._hybrid(holders)
         if declared in ("duckdb", "postgres") and declared in complete:
             complete = [declared] + [e for e in complete if e != declared]
             why = f"named query declares engine {declared}"

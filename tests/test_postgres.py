@@ -333,3 +333,23 @@ def test_postgres_table_in_both_engines_routes_by_shape_and_falls_back(tmp_path:
     finally:
         proxy.cut()
         stop_server(handle)
+
+
+def test_postgres_hybrid_named_query_stays_hybrid_when_tables_are_copied(tmp_path: Path, own_database: str) -> None:
+    handle = start_server(
+        tmp_path / "data", rows=2_000, cache=CacheSettings(warm_top_n=0), postgres=pg_settings(own_database)
+    )
+    try:
+        cdx = handle.get({"sql": "SELECT * FROM cdx_records"})
+        uri = handle.app.settings.postgres.uri
+        assert uri is not None
+        with pg.connect(uri, autocommit=True) as conn, conn.cursor() as cur:
+            cur.adbc_ingest("cdx_records", cdx, mode="create")
+            cur.execute("GRANT SELECT ON cdx_records TO chrono_reader")
+        handle.app.registry.refresh()
+        table, meta = _with_metadata(handle, {"query": "projects.performance", "params": {"project_id": "proj-001"}})
+        assert meta["engine"] == "hybrid" and table.num_rows == 1
+        explained = handle.action("explain", {"query": "projects.performance", "params": {"project_id": "proj-001"}})
+        assert "cdx_records" not in {f["table"] for f in explained["postgres_fetches"]}  # read from DuckDB
+    finally:
+        stop_server(handle)
