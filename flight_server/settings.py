@@ -76,7 +76,7 @@ class CacheSettings(BaseModel):
 class RedisSettings(BaseModel):
     url: str | None = Field(None, description="Redis URL of the shared L2 cache; unset = L1 only")
     ttl_s: float = Field(1800.0, gt=0, description="seconds an L2 entry lives")
-    compression: str = Field("lz4", description="Arrow IPC buffer compression of L2 entries: none, lz4 or zstd")
+    compression: str = Field("zstd", description="Arrow IPC buffer compression of L2 entries: none, lz4 or zstd")
     socket_timeout_s: float = Field(0.25, gt=0, description="Redis socket timeout; bounds the cost of a fault")
     breaker_failures: int = Field(3, ge=1, description="Redis failures in a row that open its circuit breaker")
     breaker_open_s: float = Field(5.0, gt=0, description="seconds Redis is skipped once its breaker opens")
