@@ -82,10 +82,11 @@ def _pushable(conjunct: exp.Expression, alias: str) -> bool:
     return not any(isinstance(node, forbidden) for node in conjunct.walk())
 
 
-def _bind(conjunct: Any, params: Params, values: list[Any]) -> Any:
-    """The conjunct for PostgreSQL: columns unqualified, placeholders renumbered."""
+def _bind(conjunct: Any, params: Params, values: list[Any], unqualify: bool = True) -> Any:
+    """The expression for PostgreSQL: placeholders renumbered and typed; columns unqualified
+    when it is a filter pushed into a single-table fetch."""
     out = conjunct.copy()
-    for column in out.find_all(exp.Column):
+    for column in out.find_all(exp.Column) if unqualify else ():
         column.set("table", None)
     for placeholder in list(out.find_all(exp.Placeholder)):
         name = placeholder.name
@@ -152,7 +153,7 @@ def to_postgres(sql: str, params: Params) -> tuple[str, list[Any]]:
     except SqlglotError as exc:
         raise InvalidArgument(f"cannot translate the query for PostgreSQL: {str(exc).splitlines()[0]}") from None
     values: list[Any] = []
-    tree = _bind(tree, params, values)
+    tree = _bind(tree, params, values, unqualify=False)
     return tree.sql(dialect="postgres"), values
 
 

@@ -353,3 +353,10 @@ def test_postgres_hybrid_named_query_stays_hybrid_when_tables_are_copied(tmp_pat
         assert "cdx_records" not in {f["table"] for f in explained["postgres_fetches"]}  # read from DuckDB
     finally:
         stop_server(handle)
+
+
+def test_postgres_join_of_postgres_tables_keeps_qualifiers(hybrid_server: ServerHandle) -> None:
+    sql = "SELECT p.id, u.id AS owner FROM projects p JOIN users u ON u.id = p.owner_id WHERE p.id = $1"
+    table, meta = _with_metadata(hybrid_server, {"sql": sql, "params": ["proj-001"]})
+    assert meta["engine"] == "postgres"
+    assert table.column("id").to_pylist() == ["proj-001"]
