@@ -289,19 +289,25 @@ class DatasetRegistry:
             self._retired.append((time.monotonic(), [dataset.directory / f.path for f in old]))
 
     def _publish(self, dataset: Dataset, schema: pa.Schema, files: list[DataFile]) -> None:
+        """Commit a new file list: the manifest first (the durable commit), then the view.
+
+        If either fails, the previous manifest and view stay (or come back): the caller
+        removes its files and reports the failure, so nothing half-done is ever visible.
+        """
         previous = (dataset.schema, dataset.files)
-        old_manifest = self._manifest_bytes(dataset) if dataset.files else None
+        had_manifest = (dataset.directory / MANIFEST).exists()
         dataset.directory.mkdir(parents=True, exist_ok=True)
         dataset.schema, dataset.files = schema, files
-        self._write_manifest(dataset)
         try:
+            self._write_manifest(dataset)
             self._create_view(dataset)
         except BaseException:
             dataset.schema, dataset.files = previous
-            if old_manifest is not None:
-                self._write_manifest(dataset)
-            else:
-                (dataset.directory / MANIFEST).unlink(missing_ok=True)
+            with contextlib.suppress(Exception):
+                if had_manifest:
+                    self._write_manifest(dataset)
+                else:
+                    (dataset.directory / MANIFEST).unlink(missing_ok=True)
             raise
 
     def _manifest_bytes(self, dataset: Dataset) -> bytes:
@@ -328,13 +334,11 @@ class DatasetRegistry:
     # -- views -------------------------------------------------------------------------
 
     def view_sql(self, dataset: Dataset) -> str:
+        """The base table (if any) UNION ALL BY NAME the committed files, listed one by one."""
         parts = []
         if dataset.base is not None:
-            derived = (
-                "".join(f", {sql} AS {key}" for key, sql in dataset.partitioning.base_exprs)
-                if (dataset.partitioning)
-                else ""
-            )
+            exprs = dataset.partitioning.base_exprs if dataset.partitioning else ()
+            derived = "".join(f", {sql} AS {key}" for key, sql in exprs)
             parts.append(f'SELECT *{derived} FROM {BASE_SCHEMA}."{dataset.name}"')
         if dataset.files:
             paths = ", ".join(_sql_text(str(dataset.directory / f.path)) for f in dataset.files)
@@ -350,7 +354,8 @@ class DatasetRegistry:
         return f'CREATE OR REPLACE VIEW main."{dataset.name}" AS ' + " UNION ALL BY NAME ".join(parts)
 
     def _create_view(self, dataset: Dataset) -> None:
-        if dataset.base is None and not dataset.files:
+        if dataset.base is None and not dataset.files:  # nothing to read (its files went missing)
+            self._execute(f'DROP VIEW IF EXISTS main."{dataset.name}"')
             return
         cursor = self._connect()
         try:

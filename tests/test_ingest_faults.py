@@ -421,3 +421,27 @@ def test_ingest_server_killed_after_acknowledging_keeps_every_row(tmp_path: Path
     finally:
         restarted.stop()
     json.loads((tmp_path / "datasets" / "cdx_records" / MANIFEST).read_text())  # intact
+
+
+def test_ingest_failed_commit_restores_the_previous_state(
+    empty_server: ServerHandle, client: ChronoFlightClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The view cannot be created after the manifest was written: both go back as they were."""
+    registry = empty_server.app.datasets
+    client.ingest("cdx_records", cdx_rows("commit.example", 5))
+    manifest = (empty_server.data_dir / "datasets" / "cdx_records" / MANIFEST).read_bytes()
+    original = registry._create_view
+
+    def failing(dataset: Any) -> None:
+        monkeypatch.setattr(registry, "_create_view", original)  # fails once, as a disk error would
+        raise OSError("no space left for the view")
+
+    monkeypatch.setattr(registry, "_create_view", failing)
+    with pytest.raises(ChronoFlightError) as error:
+        client.ingest("cdx_records", cdx_rows("commit.example", 7, start=MAY_2024 + 3_600))
+    assert error.value.status == "internal" and "nothing was stored" in error.value.message
+    assert (empty_server.data_dir / "datasets" / "cdx_records" / MANIFEST).read_bytes() == manifest
+    assert count(empty_server, "SELECT count(*) FROM cdx_records WHERE domain = 'commit.example'") == 5
+    assert leftovers(empty_server.data_dir) == []
+    client.ingest("cdx_records", cdx_rows("commit.example", 2, start=MAY_2024 + 7_200))
+    assert count(empty_server, "SELECT count(*) FROM cdx_records WHERE domain = 'commit.example'") == 7
