@@ -26,7 +26,7 @@ import shutil
 import threading
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -316,7 +316,7 @@ class DatasetRegistry:
             "format": 1,
             "dataset": dataset.name,
             "schema": base64.b64encode(dataset.schema.serialize().to_pybytes()).decode(),
-            "files": [asdict(f) for f in dataset.files],
+            "files": [vars(f) for f in dataset.files],  # flat dataclasses: vars() is asdict() but fast
         }
         return json.dumps(body, separators=(",", ":")).encode()
 
@@ -341,7 +341,8 @@ class DatasetRegistry:
             derived = "".join(f", {sql} AS {key}" for key, sql in exprs)
             parts.append(f'SELECT *{derived} FROM {BASE_SCHEMA}."{dataset.name}"')
         if dataset.files:
-            paths = ", ".join(_sql_text(str(dataset.directory / f.path)) for f in dataset.files)
+            folder = str(dataset.directory)
+            paths = ", ".join(_sql_text(f"{folder}/{f.path}") for f in dataset.files)
             assert dataset.schema is not None
             uniform = {f.columns for f in dataset.files} == {columns_fingerprint(dataset.schema.names)}
             options = f"union_by_name = {str(not uniform).lower()}"
