@@ -8,7 +8,7 @@
   hit = `"cache": "use"`; target >= 10x faster (geometric mean and per query).
 - B10: L2 hit of a ~50 MB result (`SELECT * FROM cdx_records LIMIT n`) on the L1-off
   server vs the same result from L1 on a second server; throughput, target >= 0.5x.
-  Diagnostics: the same L2 hit from servers writing uncompressed and ZSTD entries.
+  Diagnostics: the same L2 hit from servers writing the other codecs' entries.
 - B11: IPC encoding of typical results with none, LZ4 and ZSTD (`encode_table` /
   `decode_table`, in process): bytes, encode and decode time, and the Redis SET+GET
   round trip of each value; a recommended codec.
@@ -16,7 +16,7 @@
 The servers run as `flight-server serve` processes side by side, each over its own copy
 of the same demo data (DuckDB allows one process per file): L1+L2 (B8, B10's baseline),
 L2 only (B9, B10), and diagnostic ones that show where time goes: L1 without Redis (B8),
-L2 only with uncompressed and with ZSTD entries (B10). They share one Redis with a key
+L2 only with entries in each of the other codecs (B10). They share one Redis with a key
 prefix unique to this run; every key under it is deleted at the end. Baselines and
 candidates are interleaved over the repetitions (the order alternates or rotates) and
 reported as medians.
@@ -48,6 +48,7 @@ import pyarrow.flight as flight
 import redis
 
 from flight_server.cache_redis import _HEADER, COMPRESSIONS, decode_table, encode_table
+from flight_server.settings import RedisSettings
 
 from bench.common import (
     DB_NAME,
@@ -64,6 +65,10 @@ from bench.common import (
 )
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
+# The server's default L2 codec: what the main servers run with (set explicitly, so the
+# results say which); the other codecs run on diagnostic servers in B10.
+DEFAULT_CODEC: str = RedisSettings.model_fields["compression"].default
+OTHER_CODECS = tuple(c for c in COMPRESSIONS if c != DEFAULT_CODEC)
 BENCH_ROOT = Path(tempfile.gettempdir()) / "chrono-flight-bench"
 MIB = 1024 * 1024
 MAX_ENTRY_BYTES = 128 * MIB  # B10's result must be cacheable
@@ -202,12 +207,11 @@ class Servers:
     l1: FlightServer  # L1 on (the default), L2 on: B8's candidate, B10's baseline
     l2: FlightServer  # L1 off: every hit is an L2 hit (B9, B10's candidate)
     l1_no_redis: FlightServer  # diagnostic: L1 only, no Redis configured (B8)
-    l2_none: FlightServer  # diagnostic: L1 off, uncompressed L2 entries (B10)
-    l2_zstd: FlightServer  # diagnostic: L1 off, ZSTD L2 entries (B10)
+    l2_codecs: dict[str, FlightServer]  # diagnostic: L1 off, entries in each of the other codecs (B10)
     redis_prefix: str
 
     def all(self) -> list[FlightServer]:
-        return [self.l1, self.l2, self.l1_no_redis, self.l2_none, self.l2_zstd]
+        return [self.l1, self.l2, self.l1_no_redis, *self.l2_codecs.values()]
 
 
 @dataclass
@@ -224,7 +228,12 @@ class CacheContext:
 def server_set(data_dir: Path, run_dir: Path, prefix: str) -> Iterator[Servers]:
     """The servers, each on its own copy of `data_dir`, started together, stopped by their pids."""
     cache = {"FLIGHT_CACHE__MAX_ENTRY_BYTES": str(MAX_ENTRY_BYTES), "FLIGHT_CACHE__WARM_TOP_N": "0"}
-    l2 = {"FLIGHT_REDIS__URL": REDIS_URL, "FLIGHT_REDIS__KEY_PREFIX": prefix, **cache}
+    l2 = {
+        "FLIGHT_REDIS__URL": REDIS_URL,
+        "FLIGHT_REDIS__KEY_PREFIX": prefix,
+        "FLIGHT_REDIS__COMPRESSION": DEFAULT_CODEC,
+        **cache,
+    }
     l1_off = {"FLIGHT_CACHE__L1_MAX_ENTRIES": "0"}
     # The codec servers write their own entries: a prefix of their own (under the run's).
     codec = {
@@ -235,14 +244,13 @@ def server_set(data_dir: Path, run_dir: Path, prefix: str) -> Iterator[Servers]:
             "FLIGHT_REDIS__KEY_PREFIX": f"{prefix}{name}:",
             "FLIGHT_REDIS__SOCKET_TIMEOUT_S": str(DIAGNOSTIC_SOCKET_TIMEOUT_S),
         }
-        for name in ("none", "zstd")
+        for name in OTHER_CODECS
     }
     specs: list[tuple[str, str, dict[str, str]]] = [
         ("l1", "L1+L2", l2),
         ("l2", "L2 only", {**l2, **l1_off}),
         ("l1_no_redis", "L1 only, no Redis", cache),
-        ("l2_none", "L2 only, uncompressed entries", codec["none"]),
-        ("l2_zstd", "L2 only, ZSTD entries", codec["zstd"]),
+        *((f"l2_{name}", f"L2 only, {name} entries", codec[name]) for name in OTHER_CODECS),
     ]
     started: dict[str, FlightServer] = {}
     try:
@@ -255,7 +263,13 @@ def server_set(data_dir: Path, run_dir: Path, prefix: str) -> Iterator[Servers]:
             server = started[name]
             ready = server.wait_ready()
             log(f"flight-server ({label}) ready in {ready:.1f} s at {server.location} (pid {server.pid})")
-        yield Servers(redis_prefix=prefix, **started)
+        yield Servers(
+            l1=started["l1"],
+            l2=started["l2"],
+            l1_no_redis=started["l1_no_redis"],
+            l2_codecs={name: started[f"l2_{name}"] for name in OTHER_CODECS},
+            redis_prefix=prefix,
+        )
     finally:
         for server in reversed(started.values()):
             server.stop()
@@ -447,8 +461,8 @@ def _timed_fetch(client: flight.FlightClient, tkt: flight.Ticket, wanted: str, w
 
 
 def _inproc_l2_hit(client: redis.Redis, key: str, table: pa.Table, reps: int = 5) -> dict[str, float]:
-    """GET + decode of the same table as an L2 value (lz4), timed in this process."""
-    value = encode_table(table, "lz4")
+    """GET + decode of the same table as an L2 value (default codec), timed in this process."""
+    value = encode_table(table, DEFAULT_CODEC)
     client.set(key, value)
     gets, decodes = [], []
     try:
@@ -542,12 +556,13 @@ def run_b9(ctx: CacheContext) -> list[Result]:
             repetitions=plan.b9_reps,
             details={
                 "ratio_per_query": per_query,
-                "notes": f"server with L1 off (FLIGHT_CACHE__L1_MAX_ENTRIES=0), Redis L2 with lz4. Per repetition "
+                "notes": f"server with L1 off (FLIGHT_CACHE__L1_MAX_ENTRIES=0), Redis L2 with {DEFAULT_CODEC}. "
+                "Per repetition "
                 f"and query: one `refresh` (runs on DuckDB and stores in L2) and {plan.b9_hits} `use` calls "
                 "(every one an L2 hit, checked in the first batch's metadata), the order alternating per "
                 "repetition and the query order rotating; a repetition's hit time is the median of its hits; "
                 "ratio = miss / hit per repetition, median over repetitions. One untimed refresh + hit of each "
-                "query first. in_process_l2_hit: the same result as an lz4 L2 value, GET and decode_table "
+                f"query first. in_process_l2_hit: the same result as a {DEFAULT_CODEC} L2 value, GET and decode_table "
                 "timed in the harness process (the part of a hit that is Redis and decoding).",
             },
         )
@@ -582,7 +597,7 @@ class B10Arm:
 
 def _l2_hit_parts(client: redis.Redis, key: str, table: pa.Table) -> tuple[int, dict[str, float]]:
     """The work an L2 hit adds before streaming, part by part, in this process."""
-    value = encode_table(table, "lz4")
+    value = encode_table(table, DEFAULT_CODEC)
     client.set(key, value)
     parts: dict[str, list[float]] = {"get": [], "crc32": [], "decode_table": []}
     try:
@@ -608,10 +623,12 @@ def run_b10(ctx: CacheContext) -> list[Result]:
     arms = [
         B10Arm("l2", flight.connect(servers.l2.location), servers.l2, "hit-l2"),
         B10Arm("l1", flight.connect(servers.l1.location), servers.l1, "hit-l1"),
-        B10Arm("l2_none", flight.connect(servers.l2_none.location), servers.l2_none, "hit-l2"),
-        B10Arm("l2_zstd", flight.connect(servers.l2_zstd.location), servers.l2_zstd, "hit-l2"),
+        *(
+            B10Arm(f"l2_{name}", flight.connect(server.location), server, "hit-l2")
+            for name, server in servers.l2_codecs.items()
+        ),
     ]
-    l2, l1, l2_none, l2_zstd = arms
+    l2, l1, *others = arms
     try:
         probe_rows = min(100_000, ctx.rows)
         probe, _ = fetch(l1.client, ticket({"sql": f"SELECT * FROM cdx_records LIMIT {probe_rows}"}, "bypass"))
@@ -620,7 +637,7 @@ def run_b10(ctx: CacheContext) -> list[Result]:
         command = {"sql": f"SELECT * FROM cdx_records LIMIT {limit}"}
         use = ticket(command, "use")
         table = pa.table({})
-        for arm in (l2, l2_none, l2_zstd):  # each codec server stores its own entry
+        for arm in (l2, *others):  # each codec server stores its own entry
             for attempt in range(1, B10_STORE_ATTEMPTS + 1):
                 before = cache_stats(arm.client)
                 table, status = fetch(arm.client, ticket(command, "refresh"))
@@ -634,7 +651,7 @@ def run_b10(ctx: CacheContext) -> list[Result]:
             else:
                 raise RuntimeError(f"B10 {arm.name}: no L2 hit after {B10_STORE_ATTEMPTS} stores")
         nbytes, rows = table.nbytes, table.num_rows
-        fetch(l1.client, use)  # the lz4 entry is shared: an L2 hit there, which fills its L1
+        fetch(l1.client, use)  # the default codec's entry is shared: an L2 hit there, which fills its L1
         _, status = fetch(l1.client, use)
         expect(status, "hit-l1", "B10 l1 warm-up")
         for rep in range(plan.b10_reps):
@@ -682,7 +699,7 @@ def run_b10(ctx: CacheContext) -> list[Result]:
             benchmark="B10",
             title=f"{what}: L2 hit vs L1 hit",
             baseline=f"L1 hit: {rate(l1)}",
-            candidate=f"L2 hit (lz4): {rate(l2)}",
+            candidate=f"L2 hit ({DEFAULT_CODEC}): {rate(l2)}",
             ratio=ratio,
             ratio_text=f"{ratio:.2f}x",
             target=f">= {B10_TARGET}x",
@@ -691,7 +708,7 @@ def run_b10(ctx: CacheContext) -> list[Result]:
             details={
                 "rows": rows,
                 "arrow_bytes": nbytes,
-                "l2_value_bytes_lz4": value_bytes,
+                f"l2_value_bytes_{DEFAULT_CODEC}": value_bytes,
                 "l2_hit_ms": [None if t is None else _ms(t) for t in l2.seconds],
                 "l1_hit_ms": [None if t is None else _ms(t) for t in l1.seconds],
                 "ratios": ratios(l2),
@@ -699,17 +716,17 @@ def run_b10(ctx: CacheContext) -> list[Result]:
                 "server_cpu_ms_l1_hit": _ms(median(l1.server_cpu_s)),
                 "in_process_l2_hit_parts": parts,
                 "notes": "servers over copies of the same data, one Redis: the L2 side has L1 off, the L1 side "
-                "serves the table from memory (both read the same lz4 entry); "
+                f"serves the table from memory (both read the same {DEFAULT_CODEC} entry, the default codec); "
                 f"FLIGHT_CACHE__MAX_ENTRY_BYTES={MAX_ENTRY_BYTES}. Each call is a DoGet read whole into a pyarrow "
                 "table in the harness process; the arms (these two and the codec ones below) rotate who goes "
                 "first; throughput = Arrow bytes / wall time (MiB = 2^20 bytes); ratio = L2 MiB/s / L1 MiB/s "
-                "per repetition, median. in_process_l2_hit_parts, timed in the harness process on the same lz4 "
-                "value: the Redis GET (redis-py with hiredis, as the server), the CRC32 alone, and decode_table "
-                "(CRC32 + IPC read with LZ4 decompression): the work an L2 hit adds before streaming.",
+                "per repetition, median. in_process_l2_hit_parts, timed in the harness process on the same "
+                f"{DEFAULT_CODEC} value: the Redis GET (redis-py with hiredis, as the server), the CRC32 alone, and "
+                "decode_table (CRC32 + IPC read with decompression): the work an L2 hit adds before streaming.",
             },
         )
     ]
-    for arm, codec in ((l2_none, "none"), (l2_zstd, "zstd")):
+    for arm, codec in zip(others, OTHER_CODECS, strict=True):
         r = ratios(arm)
         if not r:
             r = [float("nan")]
@@ -767,6 +784,12 @@ class CodecRuns:
         }
 
 
+def _timed_ipc_write(table: pa.Table, codec: str) -> float:
+    began = time.perf_counter()
+    _ipc_write(table, codec)
+    return time.perf_counter() - began
+
+
 def _ipc_write(table: pa.Table, codec: str) -> pa.Buffer:
     """What encode_table does before its header, CRC32 and copies into bytes."""
     sink = pa.BufferOutputStream()
@@ -816,13 +839,17 @@ def run_b11(ctx: CacheContext) -> list[Result]:
                 order = COMPRESSIONS[rep % 3 :] + COMPRESSIONS[: rep % 3]
                 for codec in order:
                     run = runs[name][codec]
-                    for _ in range(inner[name]):
-                        began = time.perf_counter()
-                        _ipc_write(table, codec)
-                        run.ipc_write_s.append(time.perf_counter() - began)
+                    for i in range(inner[name]):
+                        # The IPC write alone, before or after the full encode by turns: whichever
+                        # runs first after the previous value was freed pays for fresh pages.
+                        ipc_first = (rep + i) % 2 == 0
+                        if ipc_first:
+                            run.ipc_write_s.append(_timed_ipc_write(table, codec))
                         began = time.perf_counter()
                         value = encode_table(table, codec)
                         run.encode_s.append(time.perf_counter() - began)
+                        if not ipc_first:
+                            run.ipc_write_s.append(_timed_ipc_write(table, codec))
                         run.value_bytes = len(value)
                         began = time.perf_counter()
                         decode_table(value)
@@ -885,7 +912,7 @@ def run_b11(ctx: CacheContext) -> list[Result]:
     fastest = min(hit.values())
     contenders = [c for c in COMPRESSIONS if hit[c] <= fastest * B11_NEAR_FASTEST]
     choice = min(contenders, key=lambda c: volume[c])
-    default = "lz4"
+    default = DEFAULT_CODEC
     verdict = "keep the default" if choice == default else f"change the default from {default}"
 
     def sums(c: str) -> str:
@@ -925,7 +952,8 @@ def run_b11(ctx: CacheContext) -> list[Result]:
                 "compression, header + CRC32, copied to bytes) and decode_table (CRC32, IPC read, "
                 "decompression); SET and GET of the value with redis-py (hiredis) on loopback; codec order "
                 "rotating per repetition, small values sampled several times per repetition; medians. "
-                "ipc_write_ms: the IPC stream alone (what encode_table does before its CRC32 and copies). "
+                "ipc_write_ms: the IPC stream alone (what encode_table does before its CRC32 and copies into "
+                "bytes), timed before or after encode_table by turns. "
                 "hit path = GET + decode (every L2 hit), store path = encode + SET (every stored miss). Rule: "
                 f"among codecs whose summed hit path is within {B11_NEAR_FASTEST - 1:.0%} of the fastest, the "
                 "one with the fewest bytes (Redis memory, network).",
@@ -989,9 +1017,10 @@ def render_markdown(results: Sequence[Result], meta: Mapping[str, Any]) -> str:
         f"({machine.get('cpu_model', '?')}), {machine.get('memory_gb')} GB RAM, load average at start "
         f"{machine.get('load_avg_at_start')}, at end {meta.get('load_avg_at_end')}. "
         "Servers: `flight-server serve` processes, L1+L2 and L2 only (FLIGHT_CACHE__L1_MAX_ENTRIES=0), plus "
-        "diagnostic ones (L1 without Redis; L2 only with none and zstd entries); Redis on loopback, LZ4 "
-        "entries unless said otherwise. Baseline and candidate run side by side, interleaved; figures are "
-        "medians over the repetitions, ratios medians of the per-repetition ratios.",
+        f"diagnostic ones (L1 without Redis; L2 only with {' and '.join(OTHER_CODECS)} entries); Redis on "
+        f"loopback, {DEFAULT_CODEC} entries (the server's default codec) unless said otherwise. Baseline and "
+        "candidate run side by side, interleaved; figures are medians over the repetitions, ratios medians of "
+        "the per-repetition ratios.",
         "",
         "| benchmark | baseline | candidate | ratio | target | met? |",
         "|---|---|---|---|---|---|",
@@ -1114,6 +1143,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "server_command": server_command(),
         "redis_url": REDIS_URL,
         "redis_key_prefix": prefix,
+        "l2_default_codec": DEFAULT_CODEC,
         "plan": vars(plan),
         "machine": machine,
         "load_avg_at_end": [round(x, 2) for x in os.getloadavg()],
