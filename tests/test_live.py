@@ -52,9 +52,7 @@ def test_live_streams_a_batch_every_interval_until_cancelled(server: ServerHandl
 def test_live_stops_when_the_client_closes_its_side(server: ServerHandle) -> None:
     writer, reader = _subscribe(server, {"subscribe": "system.metrics", "interval_s": 0.2})
     reader.read_chunk()
-    started = time.monotonic()
     writer.close()  # returns once the server has ended the stream
-    assert time.monotonic() - started < 5
     _wait_no_subscribers(server)
 
 

