@@ -94,7 +94,7 @@ class IngestSettings(BaseModel):
     zstd_level: int = Field(3, ge=1, le=22, description="ZSTD level of ingested Parquet files")
     row_group_rows: int = Field(1_000_000, ge=1024, description="rows per Parquet row group")
     buffer_bytes: int = Field(
-        256 * 1024 * 1024, ge=1024 * 1024, description="Arrow bytes a put buffers before writing a file"
+        256 * 1024 * 1024, ge=1024 * 1024, description="most Arrow memory one put holds before it spills to disk"
     )
 
 
