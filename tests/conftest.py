@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import threading
 import uuid
 from collections.abc import Iterator
@@ -104,6 +105,24 @@ def stop_server(handle: ServerHandle) -> None:
     handle.client.close()
     handle.server.shutdown()
     handle.app.close()
+
+
+def serve_env(data_dir: Path, **extra: str) -> dict[str, str]:
+    """Environment for a `flight-server` subprocess: free ports, small DuckDB, no FLIGHT_* leaking in."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FLIGHT_")}
+    env.update(
+        {
+            "FLIGHT_DATA_DIR": str(data_dir),
+            "FLIGHT_PORT": "0",
+            "FLIGHT_HEALTH_PORT": "0",
+            "FLIGHT_METRICS_PORT": "0",
+            "FLIGHT_DUCKDB__THREADS": "2",
+            "FLIGHT_DUCKDB__MEMORY_LIMIT": "1GB",
+            "FLIGHT_LOG_FORMAT": "text",
+            **extra,
+        }
+    )
+    return env
 
 
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"

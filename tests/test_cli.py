@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 import re
 import signal
 import subprocess
@@ -17,24 +16,13 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
+from conftest import serve_env
+
 BIN = Path(sys.executable).parent / "flight-server"
 
 
 def _env(data_dir: Path, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FLIGHT_")}
-    env.update(
-        {
-            "FLIGHT_DATA_DIR": str(data_dir),
-            "FLIGHT_PORT": "0",
-            "FLIGHT_HEALTH_PORT": "0",
-            "FLIGHT_METRICS_PORT": "0",
-            "FLIGHT_DUCKDB__THREADS": "2",
-            "FLIGHT_DUCKDB__MEMORY_LIMIT": "1GB",
-            "FLIGHT_LOG_FORMAT": "text",
-            **extra,
-        }
-    )
-    return env
+    return serve_env(data_dir, **extra)
 
 
 def _cli(*args: str, env: dict[str, str], check: bool = True) -> subprocess.CompletedProcess[str]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import pickle
 import re
 import signal
@@ -31,7 +30,7 @@ from chrono_flight_client import (
 from flight_server.datasets import MANIFEST
 from flight_server.settings import IngestSettings
 
-from conftest import ServerHandle, start_server, stop_server
+from conftest import ServerHandle, serve_env, start_server, stop_server
 
 BIN = Path(sys.executable).parent / "flight-server"
 
@@ -320,18 +319,7 @@ class ServerProcess:
     """`flight-server serve` in its own process, on a free port, logs drained."""
 
     def __init__(self, data_dir: Path, **env: str) -> None:
-        environ = {k: v for k, v in os.environ.items() if not k.startswith("FLIGHT_")}
-        environ |= {
-            "FLIGHT_DATA_DIR": str(data_dir),
-            "FLIGHT_PORT": "0",
-            "FLIGHT_HEALTH_PORT": "0",
-            "FLIGHT_METRICS_PORT": "0",
-            "FLIGHT_DUCKDB__THREADS": "2",
-            "FLIGHT_DUCKDB__MEMORY_LIMIT": "1GB",
-            "FLIGHT_LOG_FORMAT": "text",
-            "FLIGHT_CACHE__WARM_TOP_N": "0",
-            **env,
-        }
+        environ = serve_env(data_dir, **{"FLIGHT_CACHE__WARM_TOP_N": "0", **env})
         self.proc = subprocess.Popen(
             [str(BIN), "serve"], env=environ, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True
         )

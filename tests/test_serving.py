@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 import signal
 import subprocess
@@ -22,7 +21,7 @@ from flight_server.demo import generate_demo_data
 from flight_server.serving import Runner
 from flight_server.settings import CacheSettings
 
-from conftest import DEMO_SEED, runner_settings
+from conftest import DEMO_SEED, runner_settings, serve_env
 
 BIN = Path(sys.executable).parent / "flight-server"
 ROWS = 20_000
@@ -88,20 +87,7 @@ def test_serving_drain_refuses_new_calls_and_finishes_streams(data_dir: Path) ->
 
 
 def _serve(data_dir: Path, **extra: str) -> tuple[subprocess.Popen[str], str, int, list[str]]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FLIGHT_")}
-    env.update(
-        {
-            "FLIGHT_DATA_DIR": str(data_dir),
-            "FLIGHT_PORT": "0",
-            "FLIGHT_HEALTH_PORT": "0",
-            "FLIGHT_METRICS_PORT": "0",
-            "FLIGHT_DUCKDB__THREADS": "2",
-            "FLIGHT_DUCKDB__MEMORY_LIMIT": "1GB",
-            "FLIGHT_CACHE__WARM_TOP_N": "0",
-            "FLIGHT_LOG_FORMAT": "json",
-            **extra,
-        }
-    )
+    env = serve_env(data_dir, FLIGHT_CACHE__WARM_TOP_N="0", FLIGHT_LOG_FORMAT="json", **extra)
     proc = subprocess.Popen([str(BIN), "serve"], env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
     assert proc.stderr is not None
     lines: list[str] = []
