@@ -50,6 +50,7 @@ import redis
 from flight_server.cache_redis import _HEADER, COMPRESSIONS, decode_table, encode_table
 from flight_server.settings import RedisSettings
 
+from bench import common
 from bench.common import (
     DB_NAME,
     RESULTS_DIR,
@@ -1044,15 +1045,6 @@ def render_markdown(results: Sequence[Result], meta: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def write_results(results: Sequence[Result], meta: Mapping[str, Any], out_dir: Path) -> str:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    payload = {**meta, "results": [r.to_json() for r in results]}
-    (out_dir / "cache.json").write_text(json.dumps(payload, indent=2, default=str) + "\n")
-    markdown = render_markdown(results, meta)
-    (out_dir / "cache.md").write_text(markdown)
-    return markdown
-
-
 # -- main --------------------------------------------------------------------------------
 
 GROUPS = ("B8", "B9", "B10", "B11")
@@ -1149,7 +1141,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "load_avg_at_end": [round(x, 2) for x in os.getloadavg()],
         "run_dir": str(run_dir),
     }
-    markdown = write_results(results, meta, args.out_dir)
+    markdown = common.write_results(results, meta, args.out_dir, name="cache", render=render_markdown)
     print(markdown)
     log(f"wrote cache.json and cache.md to {args.out_dir}; {meta['duration_s']:.0f} s in total")
     return 1 if any(r.title == "failed" for r in results) else 0  # a missed target is a result

@@ -20,7 +20,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -115,13 +115,19 @@ def fmt_rate(rows_per_s: float) -> str:
     return f"{rows_per_s / 1e6:.2f} M rows/s"
 
 
-def write_results(results: Sequence[Result], meta: Mapping[str, Any], out_dir: Path = RESULTS_DIR) -> str:
-    """Write core.json and core.md; return the Markdown."""
+def write_results(
+    results: Sequence[Result],
+    meta: Mapping[str, Any],
+    out_dir: Path = RESULTS_DIR,
+    name: str = "core",
+    render: Callable[[Sequence[Result], Mapping[str, Any]], str] | None = None,
+) -> str:
+    """Write `<name>.json` and `<name>.md` (rendered by `render`); return the Markdown."""
     out_dir.mkdir(parents=True, exist_ok=True)
     payload = {**meta, "results": [r.to_json() for r in results]}
-    (out_dir / "core.json").write_text(json.dumps(payload, indent=2, default=str) + "\n")
-    markdown = render_markdown(results, meta)
-    (out_dir / "core.md").write_text(markdown)
+    (out_dir / f"{name}.json").write_text(json.dumps(payload, indent=2, default=str) + "\n")
+    markdown = (render or render_markdown)(results, meta)
+    (out_dir / f"{name}.md").write_text(markdown)
     return markdown
 
 

@@ -51,6 +51,7 @@ import pyarrow.flight as flight
 from flight_server import oltp
 from flight_server.catalog import NamedQuery, load_catalog
 
+from bench import common
 from bench.common import (
     PROJECT_ROOT,
     RESULTS_DIR,
@@ -865,15 +866,6 @@ def render_markdown(results: Sequence[Result], meta: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def write_results(results: Sequence[Result], meta: Mapping[str, Any], out_dir: Path) -> str:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    payload = {**meta, "results": [r.to_json() for r in results]}
-    (out_dir / "postgres.json").write_text(json.dumps(payload, indent=2, default=str) + "\n")
-    markdown = render_markdown(results, meta)
-    (out_dir / "postgres.md").write_text(markdown)
-    return markdown
-
-
 # -- main ----------------------------------------------------------------------------------
 
 
@@ -983,7 +975,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "run_dir": str(run_dir),
         **facts,
     }
-    markdown = write_results(results, meta, args.out_dir)
+    markdown = common.write_results(results, meta, args.out_dir, name="postgres", render=render_markdown)
     print(markdown)
     log(f"wrote postgres.json and postgres.md to {args.out_dir}; {meta['duration_s']:.0f} s in total")
     return 1 if any(r.title == "failed" for r in results) else 0
