@@ -29,10 +29,14 @@ from flight_server.lifecycle import Lifecycle
 from flight_server.limits import Limiter
 from flight_server.live import LiveMetrics
 from flight_server.metrics import Metrics
+from flight_server.replicas import ReplicaRouter
 from flight_server.resources import ResourceMonitor
 from flight_server.router import Router, TableRegistry
 from flight_server.security import configured_users
 from flight_server.settings import Settings
+from flight_server.sync.replica import ReplicaStore
+from flight_server.sync.service import SyncService
+from flight_server.sync.source import ChangeSource
 from flight_server.warming import CacheWarmer
 
 logger = logging.getLogger(__name__)
@@ -97,6 +101,9 @@ class App:
             hybrid=self.hybrid,
         )
         self.executor.validate_catalog()
+        self.sync: SyncService | None = None
+        if self.postgres is not None and settings.sync.enabled:
+            self.sync = self._start_sync(settings)
         self.warmer = CacheWarmer(self.executor, self.cache, settings.cache)
         self.warmer.warm_soon("start-up")
         self.stats = RequestStats()
@@ -154,6 +161,15 @@ class App:
                 logger.warning("postgres schema not applied", extra={"fields": {"error": str(exc).splitlines()[0]}})
         return PostgresEngine(settings.postgres, self.running, settings.duckdb.query_deadline_s)
 
+    def _start_sync(self, settings: Settings) -> SyncService:
+        """Replicas of the OLTP tables in DuckDB, kept current in the background."""
+        assert settings.postgres.uri is not None
+        source = ChangeSource(settings.postgres.uri, settings.schemas_dir, settings.postgres.connect_timeout_s)
+        sync = SyncService(settings.sync, source, ReplicaStore(self.duckdb.cursor), self.cache.bump)
+        self.executor.replicas = ReplicaRouter(sync, self.registry, settings.sync.max_staleness_s)
+        sync.start()
+        return sync
+
     def close(self, engines: bool = True) -> None:
         """Stop background work (flushing what it holds), then close the cache and the engines.
 
@@ -161,6 +177,8 @@ class App:
         a client stopped reading: its reader still belongs to an engine.
         """
         self.lifecycle.stopped()
+        if self.sync is not None:
+            self.sync.close()
         self.warmer.close()
         self.resources.close()
         self.audit.close()

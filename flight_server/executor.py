@@ -28,7 +28,8 @@ from flight_server.context import RequestContext
 from flight_server.engines.base import Engine, QueryResult
 from flight_server.errors import NotFound, PermissionDenied, Unavailable
 from flight_server.hybrid import HybridRunner, to_postgres
-from flight_server.router import Router
+from flight_server.replicas import ReplicaChoice, ReplicaRouter
+from flight_server.router import Route, Router
 from flight_server.scoping import PROJECT_COLUMNS, scope_sql
 from flight_server.security import require
 from flight_server.sqlguard import check_read_only
@@ -62,16 +63,24 @@ class Plan:
     query_id: str
     named: NamedQuery | None = None
     deadline_s: float | None = None
+    tree: Any = None  # the parsed SQL before scoping, for the replica decision
+    unavailable: Unavailable | None = None  # the router's error when PostgreSQL is down
+    replica: ReplicaChoice | None = None
 
     def metadata(self, cache: str) -> dict[str, Any]:
-        return {
+        out = {
             "engine": self.engine,
             "reason": self.reason,
             "cache": cache,
             "query_id": self.query_id,
             "route": self.label,
             "tables": list(self.tables),
+            "replica": self.replica is not None,
         }
+        if self.replica is not None:
+            out["staleness_s"] = round(self.replica.staleness_s, 3)
+            out["replica_tables"] = list(self.replica.tables)
+        return out
 
 
 @dataclass
@@ -120,6 +129,7 @@ class QueryExecutor:
         self._named_schemas: dict[str, pa.Schema] = {}
         self._scoped_cache: tuple[frozenset[str], dict[str, str]] | None = None
         self._named_trees = {q.name: sqlglot.parse_one(q.sql, read="duckdb") for q in catalog}
+        self.replicas: ReplicaRouter | None = None  # set when PostgreSQL is replicated into DuckDB
 
     def validate_catalog(self) -> None:
         """Plan every named query with sample values: a broken entry stops start-up.
@@ -157,7 +167,39 @@ class QueryExecutor:
             ctx.sql_fingerprint = fingerprint(command.target)
         if ctx.caller.projects is not None:
             self._scope(plan, ctx.caller.projects)
+        self._use_replicas(plan)
         return plan
+
+    def _route(
+        self,
+        command: Command,
+        tables: tuple[str, ...],
+        declared: str | None = None,
+        tree: Any = None,
+        label: str = "sql",
+    ) -> tuple[Route, Unavailable | None]:
+        """The router's choice; with PostgreSQL down and replicas kept, a provisional one."""
+        try:
+            return self.router.route(tables, command.engine, declared=declared, tree=tree, label=label), None
+        except Unavailable as exc:
+            if self.replicas is None or command.engine == "postgres" or "postgres" not in self.engines:
+                raise
+            if not self.replicas.postgres_tables("hybrid", tables) or not self.router.available("duckdb"):
+                raise
+            engine = "postgres" if all(self.router.registry.engines(t) == ["postgres"] for t in tables) else "hybrid"
+            return Route(engine, str(exc)), exc
+
+    def _use_replicas(self, plan: Plan) -> None:
+        """Point the plan at DuckDB replicas when they are fresh enough (flight_server.replicas)."""
+        if self.replicas is None:
+            return
+        choice = self.replicas.choose(plan.command, plan.engine, plan.sql, plan.tables, plan.tree, plan.unavailable)
+        if choice is None:
+            if plan.unavailable is not None:
+                raise plan.unavailable
+            return
+        plan.engine, plan.sql, plan.replica = "duckdb", choice.sql, choice
+        plan.reason = choice.reason + (plan.reason[plan.reason.index(";") :] if "; scoped" in plan.reason else "")
 
     def _scope(self, plan: Plan, projects: tuple[str, ...]) -> None:
         """Rewrite the plan's SQL so that it reads only the caller's projects."""
@@ -193,13 +235,8 @@ class QueryExecutor:
             require(ctx.caller, "query", "run named queries")
             named = self.catalog.get(command.target)
             params: Any = named.bind(command.params if isinstance(command.params, dict) else {})
-            route = self.router.route(
-                named.tables,
-                command.engine,
-                declared=named.engine,
-                tree=self._named_trees[named.name],
-                label=named.name,
-            )
+            tree = self._named_trees[named.name]
+            route, down = self._route(command, named.tables, named.engine, tree, named.name)
             return Plan(
                 command,
                 named.name,
@@ -211,6 +248,8 @@ class QueryExecutor:
                 named.ttl_s,
                 ctx.query_id,
                 named,
+                tree=tree,
+                unavailable=down,
             )
         require(ctx.caller, "sql", "run raw SQL or read whole datasets")
         if command.kind == "dataset":
@@ -230,7 +269,7 @@ class QueryExecutor:
                 ctx.query_id,
             )
         checked = check_read_only(command.target, self.router.registry.has, self._syntax_error)
-        route = self.router.route(checked.tables, command.engine, tree=checked.tree)
+        route, down = self._route(command, tuple(checked.tables), tree=checked.tree)
         params = command.params if command.params else None
         return Plan(
             command,
@@ -239,13 +278,15 @@ class QueryExecutor:
             route.reason,
             checked.sql,
             params,
-            checked.tables,
+            tuple(checked.tables),
             RAW_SQL_TTL_S,
             ctx.query_id,
+            tree=checked.tree,
+            unavailable=down,
         )
 
     def schema(self, plan: Plan) -> pa.Schema:
-        if plan.named is not None and plan.named.name in self._named_schemas:
+        if plan.named is not None and plan.replica is None and plan.named.name in self._named_schemas:
             return self._named_schemas[plan.named.name]
         return self._schema(plan.engine, plan.sql, plan.params)
 

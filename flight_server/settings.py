@@ -138,6 +138,28 @@ class TLSSettings(BaseModel):
     client_ca_file: Path | None = Field(None, description="mutual TLS: CA that client certificates must chain to")
 
 
+class SyncSettings(BaseModel):
+    enabled: bool = Field(True, description="keep DuckDB replicas of the OLTP tables (when PostgreSQL is configured)")
+    tables: list[str] = Field(
+        ["projects", "domains", "scrape_pages", "project_pages", "users", "audit_logs"],
+        description="OLTP tables replicated into DuckDB (users without password hashes)",
+    )
+    poll_interval_s: float = Field(0.2, gt=0, description="seconds between looks for new changes")
+    batch_keys: int = Field(10_000, ge=1, description="most changed rows applied in one DuckDB transaction")
+    max_staleness_s: float = Field(
+        5.0, ge=0, description="default staleness a replica may have to answer a query (0 = never use replicas)"
+    )
+    backoff_initial_s: float = Field(0.5, gt=0, description="first wait after a failed sync cycle; doubles per failure")
+    backoff_max_s: float = Field(30.0, gt=0, description="longest wait between retries of a failing sync")
+    validate_interval_s: float = Field(
+        3600.0, ge=0, description="seconds between automatic consistency checks with repair (0 = on demand only)"
+    )
+    validate_ranges: int = Field(64, ge=1, description="key ranges per table that validation compares")
+    retention_s: float = Field(
+        86400.0, gt=0, description="captured changes kept for a consumer that stopped reading them"
+    )
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="FLIGHT_", env_nested_delimiter="__", extra="ignore", frozen=True)
 
@@ -163,6 +185,7 @@ class Settings(BaseSettings):
     auth: AuthSettings = Field(default_factory=AuthSettings)  # type: ignore[arg-type]
     tls: TLSSettings = Field(default_factory=TLSSettings)  # type: ignore[arg-type]
     limits: LimitSettings = Field(default_factory=LimitSettings)  # type: ignore[arg-type]
+    sync: SyncSettings = Field(default_factory=SyncSettings)  # type: ignore[arg-type]
 
     @property
     def duckdb_path(self) -> Path:

@@ -1,0 +1,120 @@
+"""Reading OLTP tables from their DuckDB replicas instead of PostgreSQL.
+
+After the router has chosen PostgreSQL (or a hybrid of both engines) for a query, it
+runs on DuckDB instead when every PostgreSQL table it reads has a replica whose
+staleness is within the caller's `max_staleness_s` (or `FLIGHT_SYNC__MAX_STALENESS_S`)
+and the query is analytical: lookups by key, an explicit engine hint `postgres`, a
+bound of 0 and queries that name `hashed_password` stay on PostgreSQL. When
+PostgreSQL is unavailable, a query that did not ask for a bound is answered from the
+replicas however stale, and says so; one that asked gets UNAVAILABLE instead.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import sqlglot
+from sqlglot import exp
+from sqlglot.optimizer.scope import traverse_scope
+
+from flight_server.errors import Unavailable
+from flight_server.router import TableRegistry, query_shape
+from flight_server.sync.replica import SCHEMA
+
+if TYPE_CHECKING:
+    from flight_server.commands import Command
+    from flight_server.sync.service import SyncService
+
+_SECRET_COLUMNS = {"hashed_password"}
+
+
+@dataclass(frozen=True)
+class ReplicaChoice:
+    sql: str
+    tables: tuple[str, ...]
+    staleness_s: float
+    reason: str
+
+
+@functools.lru_cache(maxsize=2048)
+def to_replicas(sql: str, tables: tuple[str, ...]) -> str:
+    """`sql` with every reference to these tables pointed at their replicas."""
+    tree = sqlglot.parse_one(sql, read="duckdb")
+    ctes = {cte.alias_or_name.lower() for cte in tree.find_all(exp.CTE)}
+    for scope in traverse_scope(tree):
+        for source in scope.sources.values():
+            if not isinstance(source, exp.Table) or source.db:
+                continue
+            name = source.name.lower()
+            if name in tables and name not in ctes:
+                source.set("db", exp.to_identifier(SCHEMA))
+    return str(tree.sql(dialect="duckdb"))
+
+
+def _names_secret(tree: Any) -> bool:
+    return any(c.name.lower() in _SECRET_COLUMNS for c in tree.find_all(exp.Column))
+
+
+class ReplicaRouter:
+    """Decides whether a PostgreSQL or hybrid plan may read replicas instead."""
+
+    def __init__(self, sync: SyncService, registry: TableRegistry, default_bound_s: float) -> None:
+        self.sync = sync
+        self._registry = registry
+        self._default_bound_s = default_bound_s
+
+    def postgres_tables(self, engine: str, tables: tuple[str, ...]) -> tuple[str, ...]:
+        """The tables of a plan that only PostgreSQL holds."""
+        if engine == "postgres":
+            return tables
+        return tuple(t for t in tables if self._registry.engines(t) == ["postgres"])
+
+    def choose(
+        self,
+        command: Command,
+        engine: str,
+        sql: str,
+        tables: tuple[str, ...],
+        tree: Any,
+        postgres_down: Unavailable | None = None,
+    ) -> ReplicaChoice | None:
+        """A replica plan, or None to stay on the routed engine.
+
+        `postgres_down` is the error the router gave when PostgreSQL is unavailable:
+        then a replica of any staleness answers unless the caller set a bound; with a
+        bound it cannot meet, the error is raised.
+        """
+        if command.engine == "postgres" or engine not in ("postgres", "hybrid"):
+            return None
+        explicit = command.max_staleness_s is not None
+        bound = command.max_staleness_s if command.max_staleness_s is not None else self._default_bound_s
+        wanted = self.postgres_tables(engine, tables)
+        if not wanted or _names_secret(tree):
+            return None
+        staleness = [self.sync.staleness(t) for t in wanted]
+        if any(s is None for s in staleness):
+            return None
+        worst = max(s for s in staleness if s is not None)
+        if postgres_down is not None:
+            if explicit and worst > bound:
+                raise Unavailable(
+                    f"{postgres_down}; the replicas are {worst:.1f} s stale, over the max_staleness_s "
+                    f"{bound:g} asked for"
+                ) from None
+            return ReplicaChoice(
+                to_replicas(sql, tuple(sorted(wanted))),
+                wanted,
+                worst,
+                f"PostgreSQL unavailable; answered from DuckDB replicas {worst:.1f} s stale",
+            )
+        if bound <= 0 or worst > bound or query_shape(tree) == "lookup":
+            return None
+        return ReplicaChoice(
+            to_replicas(sql, tuple(sorted(wanted))),
+            wanted,
+            worst,
+            f"analytical query over {', '.join(wanted)}: DuckDB replicas {worst:.2f} s stale, "
+            f"within max_staleness_s {bound:g}",
+        )

@@ -1,0 +1,378 @@
+"""The sync loop: PostgreSQL changes applied to the DuckDB replicas, with bounded lag.
+
+A cycle opens one REPEATABLE READ snapshot of PostgreSQL and asks which rows changed
+since the snapshot the replicas were last brought to. It re-reads the current rows of
+those keys in the new snapshot and applies them in batches, each one DuckDB
+transaction; the last batch also records the new snapshot as the position. Changes
+are applied by state (delete the keys, insert their current rows), so applying a
+batch twice is harmless and commit order in PostgreSQL does not matter. A truncated
+table, a table whose columns changed, and a table new to the replica are copied
+whole in the same snapshot.
+
+Failures: PostgreSQL unreachable pauses the loop with exponential backoff while the
+replicas keep serving (their staleness grows and the router stops using them past
+the caller's bound); the loop resumes by itself. A table whose rows DuckDB refuses
+goes to the retry queue for a whole-table copy with its own backoff, and the other
+tables go on.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import adbc_driver_manager
+import duckdb
+import pyarrow as pa
+
+from flight_server.errors import ChronoError, InvalidArgument, Unavailable, one_line
+from flight_server.settings import SyncSettings
+from flight_server.sync.replica import ReplicaStore
+from flight_server.sync.source import ChangeSource, Snapshot, TableShape
+from flight_server.sync.validate import check_table
+
+logger = logging.getLogger(__name__)
+
+_ADVANCE_EVERY_S = 30.0  # how often an idle consumer refreshes its horizon in PostgreSQL
+
+
+@dataclass
+class RetryItem:
+    table: str
+    reason: str
+    attempts: int = 0
+    next_at: float = 0.0
+
+
+def _signature(shape: TableShape) -> list[list[str]]:
+    return [list(c) for c in shape.columns]
+
+
+def _percentile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 4)
+
+
+class SyncService:
+    """Keeps the replicas current; see the module docstring."""
+
+    def __init__(
+        self,
+        settings: SyncSettings,
+        source: ChangeSource,
+        store: ReplicaStore,
+        on_applied: Callable[[list[str]], None],
+    ) -> None:
+        self.settings = settings
+        self._source = source
+        self._store = store
+        self._on_applied = on_applied
+        self._wanted = sorted(set(settings.tables))
+        self._lock = threading.Lock()  # one cycle at a time: the loop, sync.run, sync.validate
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._consumer = store.consumer()
+        saved = store.state()
+        self._position: str | None = saved.get("snapshot")
+        self._signatures: dict[str, list[list[str]]] = saved.get("signatures", {})
+        self._fresh: dict[str, float] = {t: float(v) for t, v in saved.get("fresh_as_of", {}).items()}
+        self._tracked: list[str] = []
+        self._retry: dict[str, RetryItem] = {}
+        self._failures = 0
+        self._last_error: str | None = None
+        self._paused_since: float | None = None
+        self._advanced_at = 0.0
+        self._last_validation: dict[str, Any] | None = None
+        self._validated_at = time.time()
+        self._lags: deque[float] = deque(maxlen=20_000)
+        self.counters = {"cycles": 0, "changes_applied": 0, "batches": 0, "table_copies": 0, "repairs": 0}
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="sync", daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.run_once()
+                if self.settings.validate_interval_s and time.time() - self._validated_at > (
+                    self.settings.validate_interval_s
+                ):
+                    self.validate(None, repair=True)
+                wait = self.settings.poll_interval_s
+            except Unavailable:
+                wait = self._backoff()
+            except Exception:  # the loop must outlive any single failure
+                logger.exception("sync cycle failed")
+                wait = self._backoff()
+            self._stop.wait(wait)
+
+    def _backoff(self) -> float:
+        delay = min(self.settings.backoff_max_s, self.settings.backoff_initial_s * 2.0 ** max(0, self._failures - 1))
+        return float(delay * random.uniform(0.8, 1.2))
+
+    # -- one cycle ---------------------------------------------------------------------
+
+    def run_once(self) -> dict[str, Any]:
+        """Bring the replicas to PostgreSQL's current state; what was applied."""
+        with self._lock:
+            try:
+                result = self._cycle()
+            except (adbc_driver_manager.Error, OSError, Unavailable) as exc:
+                self._failed(exc)
+                raise Unavailable(f"sync paused: PostgreSQL is unavailable ({self._last_error})") from None
+        if self._failures:
+            logger.info("sync resumed", extra={"fields": {"after_failures": self._failures}})
+        self._failures, self._last_error, self._paused_since = 0, None, None
+        return result
+
+    def _failed(self, exc: BaseException) -> None:
+        self._failures += 1
+        self._last_error = one_line(str(exc).replace("[libpq] ", "")) or type(exc).__name__
+        if self._paused_since is None:
+            self._paused_since = time.time()
+            logger.warning("sync paused", extra={"fields": {"error": self._last_error}})
+
+    def _cycle(self) -> dict[str, Any]:
+        if not self._tracked:
+            tracked = self._source.install(self._wanted)
+            if self._position is not None and self._source.horizon_passed(self._consumer, self.settings.retention_s):
+                logger.warning("sync was away longer than the change retention; copying every table again")
+                self._position = None
+            self._source.register(self._consumer)
+            self._tracked = tracked
+        applied: dict[str, int] = {}
+        since = self._position
+        with self._source.snapshot() as snap:
+            shapes = snap.shapes(self._tracked)
+            delta, total = snap.delta(since, self._tracked)
+            replicas = self._store.tables()
+            now = time.time()
+            whole = {t for t in shapes if self._position is None or t not in replicas}
+            whole |= {t for t, c in delta.items() if c.truncated}
+            for table, shape in shapes.items():
+                if table in replicas and self._signatures.get(table) not in (None, _signature(shape)):
+                    logger.warning("columns of %s changed in PostgreSQL; copying it again", table)
+                    whole.add(table)
+            whole |= {t for t, item in self._retry.items() if item.next_at <= now and t in shapes}
+            copies = {t: snap.rows(shapes[t]) for t in sorted(whole)}
+            skip = whole | set(self._retry)
+            incremental = {t: c.keys for t, c in delta.items() if t not in skip and t in shapes and c.keys}
+            applied = self._apply(snap, shapes, copies, incremental)
+            self.counters["cycles"] += 1
+            if since is not None and total:
+                self._record_lags(snap.change_times(since, self._tracked))
+        self._advance(bool(applied))
+        if applied:
+            self._on_applied(sorted(applied))
+        return {"snapshot": self._position, "changes": total, "applied": applied, "copied": sorted(copies)}
+
+    def _apply(
+        self,
+        snap: Snapshot,
+        shapes: dict[str, TableShape],
+        copies: dict[str, pa.Table],
+        incremental: dict[str, frozenset[str]],
+    ) -> dict[str, int]:
+        """Write everything in batches; the last transaction records the new position."""
+        batches: list[tuple[dict[str, Any], dict[str, pa.Table]]] = []
+        current: dict[str, Any] = {}
+        size = 0
+        for table, keys in sorted(incremental.items()):
+            ordered = sorted(keys)
+            for start in range(0, len(ordered), self.settings.batch_keys):
+                chunk = ordered[start : start + self.settings.batch_keys]
+                if size and size + len(chunk) > self.settings.batch_keys:
+                    batches.append((current, {}))
+                    current, size = {}, 0
+                current[table] = (chunk, shapes[table].key_type, chunk)
+                size += len(chunk)
+                if size >= self.settings.batch_keys:
+                    batches.append((current, {}))
+                    current, size = {}, 0
+        batches.append((current, {}))
+        for table, rows in copies.items():  # whole copies ride with the batch that records the position
+            batches[-1][1][table] = rows
+        applied: dict[str, int] = {}
+        for i, (changes, replaced) in enumerate(batches):
+            last = i == len(batches) - 1
+            rows = {
+                t: (keys, kind, snap.rows(shapes[t], keys))
+                for t, (keys, kind, _) in changes.items()
+                if t not in self._retry
+            }
+            try:
+                state = self._state_after(snap, shapes, set(replaced)) if last else None
+                self._store.apply(rows, replaced, state or {})
+            except duckdb.Error as exc:  # DuckDB refused these rows: retry the tables whole later
+                self._park([*rows, *replaced], exc)
+                rows, replaced = {}, {}
+                state = self._state_after(snap, shapes, set()) if last else None
+                if state is not None:
+                    self._store.apply({}, {}, state)
+            if state is not None:
+                self._position, self._fresh, self._signatures = (
+                    state["snapshot"],
+                    state["fresh_as_of"],
+                    state["signatures"],
+                )
+            for t, (keys, _, _) in rows.items():
+                applied[t] = applied.get(t, 0) + len(keys)
+            for t, table in replaced.items():
+                applied[t] = applied.get(t, 0) + table.num_rows
+                self._retry.pop(t, None)
+            self.counters["batches"] += 1
+            self.counters["changes_applied"] += sum(len(k) for k, _, _ in rows.values())
+            self.counters["table_copies"] += len(replaced)
+        return applied
+
+    def _park(self, failed: list[str], exc: BaseException) -> None:
+        for table in failed:
+            item = self._retry.setdefault(table, RetryItem(table, ""))
+            item.attempts += 1
+            item.reason = one_line(str(exc))
+            delay = min(self.settings.backoff_max_s, self.settings.backoff_initial_s * 2 ** (item.attempts - 1))
+            item.next_at = time.time() + delay
+            logger.warning("replica copy failed; queued for retry", extra={"fields": {"table": table, **vars(item)}})
+
+    def _state_after(self, snap: Snapshot, shapes: dict[str, TableShape], copied: set[str]) -> dict[str, Any]:
+        """The position and freshness to record once this snapshot is fully applied."""
+        parked = set(self._retry) - copied
+        fresh, signatures = dict(self._fresh), dict(self._signatures)
+        for table, shape in shapes.items():
+            if table not in parked:
+                fresh[table] = snap.taken_at
+                signatures[table] = _signature(shape)
+        return {"snapshot": snap.text, "fresh_as_of": fresh, "signatures": signatures}
+
+    def _record_lags(self, times: list[float]) -> None:
+        """Lag of each applied change: from its write in PostgreSQL to now, after the commit."""
+        done = time.time()
+        self._lags.extend(done - at for at in times)
+
+    def _advance(self, changed: bool) -> None:
+        if self._position is None or (not changed and time.monotonic() - self._advanced_at < _ADVANCE_EVERY_S):
+            return
+        self._source.advance(self._consumer, self._position, self.settings.retention_s)
+        self._advanced_at = time.monotonic()
+
+    # -- validation ----------------------------------------------------------------------
+
+    def validate(self, tables: Iterable[str] | None, repair: bool) -> dict[str, Any]:
+        """Bring the replicas current, then compare them with PostgreSQL in that snapshot."""
+        wanted = sorted(set(tables)) if tables is not None else None
+        unknown = [t for t in wanted or [] if t not in self._wanted]
+        if unknown:
+            raise InvalidArgument(f"table '{unknown[0]:.60}' is not replicated; replicated: {', '.join(self._wanted)}")
+        with self._lock:
+            try:
+                self._cycle()
+                checks = []
+                with self._source.snapshot() as snap:
+                    if snap.text != self._position and snap.delta(self._position, self._tracked)[1]:
+                        self._cycle_in(snap)
+                    shapes = snap.shapes(self._tracked)
+                    for table in wanted or self._tracked:
+                        if table in shapes and table not in self._retry:
+                            source = snap.rows(shapes[table])
+                            checks.append(check_table(self._store, shapes[table], source, self._ranges(), repair))
+            except (adbc_driver_manager.Error, OSError) as exc:
+                self._failed(exc)
+                raise Unavailable(f"validation needs PostgreSQL, which is unavailable ({self._last_error})") from None
+        repaired = [c.table for c in checks if c.repaired]
+        self.counters["repairs"] += len(repaired)
+        if repaired:
+            logger.warning("replica ranges repaired", extra={"fields": {"tables": repaired}})
+            self._on_applied(repaired)
+        self._validated_at = time.time()
+        self._last_validation = {
+            "at": self._validated_at,
+            "consistent": all(not c.mismatched for c in checks),
+            "tables": [c.to_json() for c in checks],
+        }
+        return self._last_validation
+
+    def _ranges(self) -> int:
+        return self.settings.validate_ranges
+
+    def _cycle_in(self, snap: Snapshot) -> None:
+        """Apply what committed between the cycle and the validation snapshot."""
+        shapes = snap.shapes(self._tracked)
+        delta, _ = snap.delta(self._position, self._tracked)
+        copies = {t: snap.rows(shapes[t]) for t, c in delta.items() if c.truncated and t in shapes}
+        incremental = {t: c.keys for t, c in delta.items() if t not in copies and t in shapes and c.keys}
+        applied = self._apply(snap, shapes, copies, incremental)
+        if applied:
+            self._on_applied(sorted(applied))
+
+    # -- what the rest of the server asks ------------------------------------------------
+
+    def staleness(self, table: str) -> float | None:
+        """Seconds the replica of `table` may be behind PostgreSQL; None when it has none."""
+        fresh = self._fresh.get(table)
+        if fresh is None or table in self._retry or table not in self._tracked:
+            return None
+        return max(0.0, time.time() - fresh)
+
+    def replicated(self) -> list[str]:
+        return [t for t in self._tracked if t in self._fresh]
+
+    def status(self) -> dict[str, Any]:
+        behind: dict[str, tuple[int, float | None]] = {}
+        if self._position is not None and self._paused_since is None:
+            try:
+                with self._source.snapshot() as snap:
+                    behind = snap.pending(self._position, self._tracked)
+            except (adbc_driver_manager.Error, OSError, ChronoError) as exc:
+                self._last_error = one_line(str(exc))
+        tables = {}
+        for table in self._wanted:
+            staleness = self.staleness(table)
+            tables[table] = {
+                "replicated": table in self._tracked and table in self._fresh,
+                "staleness_s": None if staleness is None else round(staleness, 3),
+                "changes_behind": behind.get(table, (0, None))[0],
+                "retry": vars(self._retry[table]) if table in self._retry else None,
+            }
+        lags = list(self._lags)
+        return {
+            "state": "paused" if self._paused_since is not None else "running" if self._tracked else "starting",
+            "paused_since": self._paused_since,
+            "last_error": self._last_error,
+            "consumer": self._consumer,
+            "position": self._position,
+            "tables": tables,
+            "retry_queue": [vars(item) for item in self._retry.values()],
+            "lag_s": {"p50": _percentile(lags, 0.5), "p99": _percentile(lags, 0.99), "samples": len(lags)},
+            "counters": dict(self.counters),
+            "last_validation": self._last_validation,
+            "max_staleness_s": self.settings.max_staleness_s,
+        }
+
+    def health(self) -> tuple[bool, str]:
+        """(serving, detail) for the health service and the `health` action."""
+        if self._paused_since is not None:
+            return False, f"sync paused for {time.time() - self._paused_since:.0f} s: {self._last_error}"
+        if self._retry:
+            return False, f"replica copies waiting for retry: {', '.join(sorted(self._retry))}"
+        if not self._tracked:
+            return False, "sync has not completed its first cycle"
+        return True, "ok"
+
+    def lag_samples(self) -> list[float]:
+        return list(self._lags)
