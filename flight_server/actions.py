@@ -10,7 +10,8 @@ from typing import Any
 from flight_server.app import App
 from flight_server.commands import parse_command
 from flight_server.context import RequestContext
-from flight_server.errors import InvalidArgument, NotFound
+from flight_server.errors import InvalidArgument, NotFound, Unavailable
+from flight_server.sync.service import SyncService
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,10 @@ def health(app: App, ctx: RequestContext, body: bytes) -> dict[str, Any]:
     for name, breaker in breakers.items():
         if breaker["state"] != "closed" and name != "redis":  # the cache warns about Redis itself
             warnings.append(f"{name} circuit breaker is {breaker['state']}; retrying in {breaker['retry_in_s']:.1f} s")
+    if app.sync is not None:
+        serving, detail = app.sync.health()
+        if not serving:
+            warnings.append(detail)
     warnings.extend(app.cache.warnings())
     warnings.extend(app.resources.warnings())
     cache = app.cache.stats()
@@ -65,12 +70,53 @@ def health(app: App, ctx: RequestContext, body: bytes) -> dict[str, Any]:
             "l1": cache["l1"]["hit_ratio"],
             "l2": None if cache["l2"] is None else cache["l2"]["hit_ratio"],
         },
-        "sync": {"status": "not implemented", "lag_s": None, "note": "PostgreSQL to DuckDB sync does not exist yet"},
+        "sync": _sync_summary(app),
         "memory": app.resources.snapshot(),
         "live_subscribers": app.live.subscribers,
         "named_queries": len(app.catalog),
         "warnings": warnings,
     }
+
+
+def _sync_summary(app: App) -> dict[str, Any]:
+    if app.sync is None:
+        return {"state": "off"}
+    status = app.sync.status()
+    stalest = [t["staleness_s"] for t in status["tables"].values() if t["staleness_s"] is not None]
+    return {
+        "state": status["state"],
+        "last_error": status["last_error"],
+        "staleness_s": max(stalest) if stalest else None,
+        "changes_behind": sum(t["changes_behind"] for t in status["tables"].values()),
+        "lag_s": status["lag_s"],
+        "retry_queue": [item["table"] for item in status["retry_queue"]],
+    }
+
+
+def _sync(app: App) -> SyncService:
+    if app.sync is None:
+        raise Unavailable("sync is off: it needs PostgreSQL (FLIGHT_POSTGRES__URI) and FLIGHT_SYNC__ENABLED=true")
+    return app.sync
+
+
+def sync_status(app: App, ctx: RequestContext, body: bytes) -> dict[str, Any]:
+    return _sync(app).status()
+
+
+def sync_run(app: App, ctx: RequestContext, body: bytes) -> dict[str, Any]:
+    sync = _sync(app)
+    return {"cycle": sync.run_once(), "status": sync.status()}
+
+
+def sync_validate(app: App, ctx: RequestContext, body: bytes) -> dict[str, Any]:
+    request = _json_body(body)
+    tables = request.get("tables")
+    repair = request.get("repair", True)
+    if tables is not None and (not isinstance(tables, list) or not all(isinstance(t, str) for t in tables)):
+        raise InvalidArgument("'tables' must be a list of table names (or null for every replicated table)")
+    if not isinstance(repair, bool):
+        raise InvalidArgument("'repair' must be true or false")
+    return _sync(app).validate(tables, repair)
 
 
 def explain(app: App, ctx: RequestContext, body: bytes) -> dict[str, Any]:
@@ -138,6 +184,20 @@ ACTIONS: dict[str, ActionSpec] = {
             'Body: {"tables": [...]} and/or {"queries": "domains.*"}. Bumps data versions: cached '
             "results that read them are never served again.",
             cache_invalidate,
+            "admin",
+        ),
+        ActionSpec(
+            "sync.status",
+            "Replication of PostgreSQL into DuckDB: state, per-table staleness and changes behind, lag "
+            "percentiles, retry queue, last validation.",
+            sync_status,
+        ),
+        ActionSpec("sync.run", "Run one sync cycle now and return what it applied.", sync_run, "admin"),
+        ActionSpec(
+            "sync.validate",
+            'Body: {"tables": [...] or null, "repair": true}. Compares row counts and checksums per key range '
+            "between PostgreSQL and the replicas, re-copying ranges that differ.",
+            sync_validate,
             "admin",
         ),
         ActionSpec(

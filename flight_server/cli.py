@@ -1,4 +1,4 @@
-"""The `flight-server` command: serve, demo-data, query, ingest."""
+"""The `flight-server` command: serve, demo-data, query, ingest, sync."""
 
 from __future__ import annotations
 
@@ -159,6 +159,12 @@ def cmd_query(args: argparse.Namespace, settings: Settings) -> int:
     return run_query(args, settings)
 
 
+def cmd_sync(args: argparse.Namespace, settings: Settings) -> int:
+    from flight_server.cli_sync import run_sync
+
+    return run_sync(args, settings)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="flight-server", description="Chrono Flight analytics server")
     parser.add_argument("--version", action="version", version=__version__)
@@ -208,6 +214,11 @@ def build_parser() -> argparse.ArgumentParser:
     ingest.add_argument("--url", help="server URL (default grpc://FLIGHT_HOST:FLIGHT_PORT)")
     ingest.add_argument("--token", help="bearer token, when the server requires one")
     ingest.set_defaults(func=cmd_ingest)
+
+    from flight_server.cli_sync import add_parser as add_sync
+
+    add_sync(sub)
+    sub.choices["sync"].set_defaults(func=cmd_sync)
     return parser
 
 

@@ -1,8 +1,9 @@
 """gRPC health checking (`grpc.health.v1`) on its own port, `FLIGHT_HEALTH_PORT`.
 
-Services: `""` (the whole server), `flight`, `duckdb`, and `postgres` and `redis` only
-when they are configured (a component that is not configured is NOT_FOUND, as is `sync`
-until sync exists). Every service is NOT_SERVING from the moment the port opens until
+Services: `""` (the whole server), `flight`, `duckdb`, and `postgres`, `redis` and
+`sync` only when they are configured (a component that is not configured is NOT_FOUND).
+`sync` is SERVING while the replicas are kept current: not paused, nothing waiting in
+the retry queue. Every service is NOT_SERVING from the moment the port opens until
 the server is ready, and again for good once it drains. While serving, a background
 checker refreshes them every `FLIGHT_HEALTH_INTERVAL_S`: DuckDB answers a ping;
 PostgreSQL answers a ping and its circuit breaker is not open (the ping is also the
@@ -43,6 +44,8 @@ def components(settings: Settings) -> list[str]:
         names.append("postgres")
     if settings.redis.url:
         names.append("redis")
+    if settings.postgres.uri and settings.sync.enabled:
+        names.append("sync")
     return names
 
 
@@ -111,6 +114,12 @@ class HealthService:
             status["redis"] = l2 is not None and l2.ping()
             if not status["redis"]:
                 self.errors["redis"] = "ping failed or circuit breaker open"
+        if "sync" in self._status and app.sync is not None:
+            status["sync"], detail = app.sync.health()
+            if status["sync"]:
+                self.errors.pop("sync", None)
+            else:
+                self.errors["sync"] = detail
         status[OVERALL] = status["flight"] and status["duckdb"]
         self._publish(status)
         return self.snapshot()

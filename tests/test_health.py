@@ -184,7 +184,7 @@ def test_health_action_reports_diagnostics(server: ServerHandle) -> None:
     assert health["server"]["state"] == "serving"
     assert set(health["cache_hit_ratios"]) == {"overall", "l1", "l2"}
     assert health["cache_hit_ratios"]["l1"] > 0
-    assert health["sync"]["status"] == "not implemented"
+    assert health["sync"] == {"state": "off"}
     memory = health["memory"]
     assert memory["rss_bytes"] > 0 and memory["duckdb_memory_bytes"] is not None
     assert {"samples", "slope_bytes_per_s", "rising"} <= set(memory["trend"])
