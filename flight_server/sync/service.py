@@ -219,10 +219,9 @@ class SyncService:
             try:
                 state = self._state_after(snap, shapes, set(replaced)) if last else None
                 self._store.apply(rows, replaced, state or {})
-            except duckdb.Error as exc:  # DuckDB refused these rows: retry the tables whole later
-                self._park([*rows, *replaced], exc)
-                rows, replaced = {}, {}
-                state = self._state_after(snap, shapes, set()) if last else None
+            except duckdb.Error:  # DuckDB refused something: apply table by table, park the refused
+                rows, replaced = self._isolate(rows, replaced)
+                state = self._state_after(snap, shapes, set(replaced)) if last else None
                 if state is not None:
                     self._store.apply({}, {}, state)
             if state is not None:
@@ -240,6 +239,23 @@ class SyncService:
             self.counters["changes_applied"] += sum(len(k) for k, _, _ in rows.values())
             self.counters["table_copies"] += len(replaced)
         return applied
+
+    def _isolate(
+        self, rows: dict[str, Any], replaced: dict[str, pa.Table]
+    ) -> tuple[dict[str, Any], dict[str, pa.Table]]:
+        """Apply each table alone; those DuckDB refuses wait in the retry queue for a whole copy."""
+        kept_rows, kept_replaced = {}, {}
+        for table in sorted({*rows, *replaced}):
+            mine = {table: rows[table]} if table in rows else {}
+            whole = {table: replaced[table]} if table in replaced else {}
+            try:
+                self._store.apply(mine, whole, {})
+            except duckdb.Error as exc:
+                self._park([table], exc)
+                continue
+            kept_rows.update(mine)
+            kept_replaced.update(whole)
+        return kept_rows, kept_replaced
 
     def _park(self, failed: list[str], exc: BaseException) -> None:
         for table in failed:
