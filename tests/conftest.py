@@ -20,7 +20,7 @@ from flight_server import oltp
 from flight_server.app import App
 from flight_server.demo import generate_demo_data
 from flight_server.server import ChronoFlightServer
-from flight_server.settings import CacheSettings, DuckDBSettings, PostgresSettings, Settings
+from flight_server.settings import CacheSettings, DuckDBSettings, PostgresSettings, Settings, SyncSettings
 
 DEMO_ROWS = 200_000
 DEMO_SEED = 42
@@ -159,12 +159,17 @@ def pg_database() -> Iterator[str]:
 
 @pytest.fixture(scope="session")
 def hybrid_server(tmp_path_factory: pytest.TempPathFactory, pg_database: str) -> Iterator[ServerHandle]:
-    """DuckDB and PostgreSQL with matching demo data (50,000 CDX rows)."""
+    """DuckDB and PostgreSQL with matching demo data (50,000 CDX rows).
+
+    No replicas here, so that PostgreSQL and hybrid routes are what is tested;
+    test_sync.py and test_replicas.py run servers with them.
+    """
     handle = start_server(
         tmp_path_factory.mktemp("hybrid"),
         rows=50_000,
         cache=CacheSettings(warm_top_n=0),
         postgres=pg_settings(pg_database),
+        sync=SyncSettings(enabled=False),
     )
     yield handle
     stop_server(handle)

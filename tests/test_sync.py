@@ -49,8 +49,8 @@ def test_sync_initial_copy_matches_every_table(synced_server: ServerHandle) -> N
 
 
 def test_sync_users_replica_has_no_password_hashes(synced_server: ServerHandle) -> None:
-    columns = [r[0] for r in replica_rows(synced_server, "SELECT column_name FROM duckdb_columns() "
-                                                         "WHERE schema_name = 'replica' AND table_name = 'users'")]  # fmt: skip
+    described = replica_rows(synced_server, "DESCRIBE replica.users")
+    columns = [r[0] for r in described]
     assert "email" in columns and "hashed_password" not in columns
     _same(synced_server, "users", "id, email, approval_status")
 
@@ -191,8 +191,8 @@ def test_sync_applied_batches_bump_cache_versions(synced_server: ServerHandle) -
     first = synced_server.get(command).column("n")[0].as_py()
     hit = synced_server.get(command).column("n")[0].as_py()
     assert first == hit
-    pg_exec(owner_uri(synced_server), "INSERT INTO domains (project_id, domain) "
-                                      "SELECT min(id), 'bump.example' FROM projects")  # fmt: skip
+    insert = "INSERT INTO domains (project_id, domain) SELECT min(id), 'bump.example' FROM projects"
+    pg_exec(owner_uri(synced_server), insert)
     synced(synced_server)
     assert synced_server.get(command).column("n")[0].as_py() == first + 1
 
@@ -205,8 +205,11 @@ def test_sync_state_is_in_health(synced_server: ServerHandle) -> None:
 
 def test_sync_resumes_from_its_position_after_restart(tmp_path: Path) -> None:
     database = create_database()
-    settings = {"cache": CacheSettings(warm_top_n=0), "postgres": pg_settings(database),
-                "sync": SyncSettings(poll_interval_s=0.1, validate_interval_s=0)}  # fmt: skip
+    settings: dict[str, Any] = {
+        "cache": CacheSettings(warm_top_n=0),
+        "postgres": pg_settings(database),
+        "sync": SyncSettings(poll_interval_s=0.1, validate_interval_s=0),
+    }
     handle = start_server(tmp_path / "data", rows=1_000, **settings)
     try:
         wait_for(lambda: handle.app.sync is not None and handle.app.sync.staleness("projects") is not None)
