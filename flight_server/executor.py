@@ -48,6 +48,19 @@ _SAMPLE_VALUES: dict[str, Any] = {
 
 
 RAW_SQL_TTL_S = 300  # raw SQL and whole datasets; data versions keep them correct
+_CACHED_AT = b"chrono:cached_at"  # schema metadata of a cached result: when it was computed
+
+
+def _stamped(table: pa.Table) -> pa.Table:
+    return table.replace_schema_metadata({**(table.schema.metadata or {}), _CACHED_AT: str(time.time()).encode()})
+
+
+def _unstamped(table: pa.Table) -> tuple[pa.Table, float]:
+    """The cached table as it was computed, and its age in seconds."""
+    metadata = dict(table.schema.metadata or {})
+    stamp = metadata.pop(_CACHED_AT, None)
+    age = time.time() - float(stamp) if stamp is not None else 0.0
+    return table.replace_schema_metadata(metadata or None), age
 
 
 @dataclass
@@ -347,15 +360,29 @@ class QueryExecutor:
         mode = plan.command.cache
         table, status = self.cache.lookup(key, mode)
         if table is not None:
-            return OpenResult(plan, table.schema, status, batches=table.to_batches())
+            table, age = _unstamped(table)
+            if not self._too_old(plan, age):
+                return OpenResult(plan, table.schema, status, batches=table.to_batches())
+            mode, status = "refresh", "miss"
         if status == "bypass":
             return self._start(plan)
         with self.cache.single_flight(key.digest, self.deadline_s) as leader:
-            if not leader:
+            if not leader and mode == "use":
                 table, shared = self.cache.lookup(key, "use")
                 if table is not None:
+                    table, _ = _unstamped(table)
                     return OpenResult(plan, table.schema, shared, batches=table.to_batches())
             return self._run_and_store(plan, key, status)
+
+    @staticmethod
+    def _too_old(plan: Plan, age_s: float) -> bool:
+        """A cached PostgreSQL (or hybrid) result older than the caller's `max_staleness_s`.
+
+        Replica results need no such check: every batch the sync applies bumps the data
+        versions of its tables, so a cached replica result is as fresh as the replica.
+        """
+        bound = plan.command.max_staleness_s
+        return bound is not None and plan.engine in ("postgres", "hybrid") and age_s > bound
 
     def _start(self, plan: Plan) -> OpenResult:
         started = time.monotonic()
@@ -389,7 +416,7 @@ class QueryExecutor:
                     running.close()
                     self.router.latency.record(plan.label, plan.engine, (time.monotonic() - started) * 1000)
                     table = pa.Table.from_batches(batches, schema=running.schema)
-                    self.cache.store(key, table)
+                    self.cache.store(key, _stamped(table))
                     return OpenResult(plan, running.schema, status, batches=batches)
                 batches.append(batch)
                 held += batch.nbytes

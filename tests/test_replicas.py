@@ -173,3 +173,14 @@ def test_replica_rewrite_points_only_replicated_tables(alias: str, extra: str) -
     rewritten = to_replicas(sql, ("domains", "projects"))
     assert "replica.projects" in rewritten
     assert "replica.domains" not in rewritten  # a CTE of that name is not the table
+
+
+def test_replica_bound_also_ages_out_cached_postgres_results(replica_server: ProxiedSync) -> None:
+    handle = replica_server.handle
+    command = {"sql": "SELECT approval_status, count(*) AS n FROM users GROUP BY 1", "engine": "postgres"}
+    get_with_metadata(handle, command)
+    assert get_with_metadata(handle, command)[1]["cache"] == "hit-l1"
+    time.sleep(0.3)
+    assert get_with_metadata(handle, {**command, "max_staleness_s": 60})[1]["cache"] == "hit-l1"
+    table, meta = get_with_metadata(handle, {**command, "max_staleness_s": 0.2})
+    assert meta["cache"] == "miss" and b"chrono:cached_at" not in (table.schema.metadata or {})

@@ -178,8 +178,6 @@ class SyncService:
             if since is not None and total:
                 self._record_lags(snap.change_times(since, self._tracked))
         self._advance(bool(applied))
-        if applied:
-            self._on_applied(sorted(applied))
         return {"snapshot": self._position, "changes": total, "applied": applied, "copied": sorted(copies)}
 
     def _apply(
@@ -224,6 +222,8 @@ class SyncService:
                 state = self._state_after(snap, shapes, set(replaced)) if last else None
                 if state is not None:
                     self._store.apply({}, {}, state)
+            if rows or replaced:  # before freshness moves: no cached result may outlive these rows
+                self._on_applied(sorted({*rows, *replaced}))
             if state is not None:
                 self._position, self._fresh, self._signatures = (
                     state["snapshot"],
@@ -332,9 +332,7 @@ class SyncService:
         delta, _ = snap.delta(self._position, self._tracked)
         copies = {t: snap.rows(shapes[t]) for t, c in delta.items() if c.truncated and t in shapes}
         incremental = {t: c.keys for t, c in delta.items() if t not in copies and t in shapes and c.keys}
-        applied = self._apply(snap, shapes, copies, incremental)
-        if applied:
-            self._on_applied(sorted(applied))
+        self._apply(snap, shapes, copies, incremental)
 
     # -- what the rest of the server asks ------------------------------------------------
 
