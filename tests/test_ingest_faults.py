@@ -18,6 +18,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.flight as flight
 import pytest
+from processes import ServerProcess
 from test_ingest import MAY_2024, cdx_rows, count, put
 
 from chrono_flight_client import (
@@ -30,9 +31,7 @@ from chrono_flight_client import (
 from flight_server.datasets import MANIFEST
 from flight_server.settings import IngestSettings
 
-from conftest import ServerHandle, serve_env, start_server, stop_server
-
-BIN = Path(sys.executable).parent / "flight-server"
+from conftest import ServerHandle, start_server, stop_server
 
 
 def leftovers(data_dir: Path) -> list[Path]:
@@ -313,38 +312,6 @@ def test_ingest_writer_closed_abruptly_stores_nothing(empty_server: ServerHandle
 
 
 # -- servers that die ----------------------------------------------------------------------------
-
-
-class ServerProcess:
-    """`flight-server serve` in its own process, on a free port, logs drained."""
-
-    def __init__(self, data_dir: Path, **env: str) -> None:
-        environ = serve_env(data_dir, **{"FLIGHT_CACHE__WARM_TOP_N": "0", **env})
-        self.proc = subprocess.Popen(
-            [str(BIN), "serve"], env=environ, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True
-        )
-        assert self.proc.stderr is not None
-        lines, url = [], None
-        deadline = time.monotonic() + 60
-        while url is None and time.monotonic() < deadline:
-            line = self.proc.stderr.readline()
-            if not line and self.proc.poll() is not None:
-                break
-            lines.append(line)
-            match = re.search(r"listening on (grpc://\S+)", line)
-            url = match.group(1) if match else None
-        assert url, "server did not start:\n" + "".join(lines)
-        self.url = url
-        threading.Thread(target=self.proc.stderr.read, daemon=True).start()
-
-    def kill(self) -> None:
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(timeout=30)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            self.proc.wait(timeout=30)
 
 
 def _count(url: str, sql: str) -> int:

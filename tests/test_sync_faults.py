@@ -1,0 +1,93 @@
+"""The sync under failure: killed mid-backlog and restarted, and PostgreSQL dropping it."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import duckdb
+from processes import ServerProcess
+from sync_support import pg_exec, wait_for
+
+from chrono_flight_client import ChronoFlightClient
+
+from conftest import PG_ADMIN as ADMIN
+from conftest import create_database, drop_database
+
+
+def _status(url: str) -> dict:  # type: ignore[type-arg]
+    with ChronoFlightClient.connect(url) as client:
+        result = client.action("sync.status")
+    assert isinstance(result, dict)
+    return result
+
+
+def test_sync_killed_mid_backlog_resumes_with_nothing_lost_or_doubled(tmp_path: Path) -> None:
+    database = create_database()
+    uri = f"postgresql://postgres@127.0.0.1:5432/{database}"
+    env = {"FLIGHT_POSTGRES__URI": uri, "FLIGHT_SYNC__BATCH_KEYS": "500", "FLIGHT_SYNC__POLL_INTERVAL_S": "0.05"}
+    server = ServerProcess(tmp_path, **env)
+    try:
+        wait_for(lambda: _status(server.url)["state"] == "running", what="the first sync cycle")
+        pg_exec(
+            uri,
+            "INSERT INTO users (id, email, hashed_password) VALUES (1, 'crash@example.com', 'x')",
+            "INSERT INTO audit_logs (user_id, action, details) SELECT 1, 'crash.' || i, jsonb_build_object('i', i) "
+            "FROM generate_series(1, 100000) AS s (i)",
+        )
+        # kill -9 once some of the backlog's batches are in, before the cycle's last one
+        wait_for(lambda: _status(server.url)["counters"]["batches"] >= 20, timeout_s=60, what="batches")
+        server.kill()
+        with duckdb.connect(str(tmp_path / "analytics.duckdb")) as con:
+            partial = con.sql("SELECT count(*) FROM replica.audit_logs").fetchall()[0][0]
+        assert 0 < partial < 100_000  # died with part of the backlog applied
+
+        server = ServerProcess(tmp_path, **env)
+        wait_for(
+            lambda: (
+                _status(server.url)["tables"]["audit_logs"]["changes_behind"] == 0
+                and _status(server.url)["tables"]["audit_logs"]["staleness_s"] is not None
+            ),
+            timeout_s=120,
+            what="catch-up after the restart",
+        )
+        with ChronoFlightClient.connect(server.url) as client:
+            report = client.action("sync.validate", {"tables": ["audit_logs", "users"], "repair": False})
+            counted = client.sql(
+                "SELECT count(*) AS n, count(DISTINCT id) AS d FROM audit_logs WHERE action LIKE 'crash.%'",
+                max_staleness_s=60,
+            )
+        assert report["consistent"] is True, report  # (audit_logs also holds the server's own audit rows)
+        assert counted.to_pylist() == [{"n": 100_000, "d": 100_000}]
+    finally:
+        server.stop()
+        drop_database(database)
+
+
+def test_sync_pauses_while_postgres_drops_it_and_resumes_by_itself(tmp_path: Path) -> None:
+    database = create_database()
+    uri = f"postgresql://postgres@127.0.0.1:5432/{database}"
+    env = {"FLIGHT_POSTGRES__URI": uri, "FLIGHT_SYNC__POLL_INTERVAL_S": "0.05",
+           "FLIGHT_SYNC__BACKOFF_INITIAL_S": "0.1", "FLIGHT_SYNC__BACKOFF_MAX_S": "1"}  # fmt: skip
+    server = ServerProcess(tmp_path, **env)
+    try:
+        wait_for(lambda: _status(server.url)["state"] == "running", what="the first sync cycle")
+        # what a PostgreSQL restart does to its clients: every session ends, new ones are refused
+        pg_exec(ADMIN, f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS false')
+        pg_exec(ADMIN, f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{database}'")
+        wait_for(lambda: _status(server.url)["state"] == "paused", what="the pause")
+        time.sleep(0.5)
+        paused = _status(server.url)
+        assert paused["last_error"] and paused["tables"]["projects"]["staleness_s"] > 0.5
+        pg_exec(ADMIN, f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS true')
+        pg_exec(uri, "INSERT INTO users (id, email, hashed_password) VALUES (7, 'back@example.com', 'x')")
+        wait_for(lambda: _status(server.url)["state"] == "running", what="the resume")
+        with ChronoFlightClient.connect(server.url) as client:
+            wait_for(
+                lambda: client.sql("SELECT count(*) AS n FROM users", max_staleness_s=5).column("n")[0].as_py() == 1,
+                what="the insert made after the outage",
+            )
+    finally:
+        pg_exec(ADMIN, f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS true')
+        server.stop()
+        drop_database(database)
