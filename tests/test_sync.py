@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -13,7 +16,15 @@ from sync_support import owner_uri, pg_exec, replica_rows, source_rows, synced, 
 
 from flight_server.settings import CacheSettings, SyncSettings
 
-from conftest import ServerHandle, create_database, drop_database, pg_settings, start_server, stop_server
+from conftest import (
+    ServerHandle,
+    create_database,
+    drop_database,
+    pg_settings,
+    serve_env,
+    start_server,
+    stop_server,
+)
 
 
 @pytest.fixture(scope="module")
@@ -224,3 +235,30 @@ def test_sync_resumes_from_its_position_after_restart(tmp_path: Path) -> None:
     finally:
         stop_server(handle)
         drop_database(database)
+
+
+def _sync_cli(handle: ServerHandle, *args: str) -> subprocess.CompletedProcess[str]:
+    command = [str(Path(sys.executable).parent / "flight-server"), "sync", *args, "--url", handle.location]
+    env = serve_env(handle.data_dir)
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+
+
+def test_sync_cli_status_run_and_validate(synced_server: ServerHandle) -> None:
+    status = _sync_cli(synced_server, "status", "--format", "json")
+    assert status.returncode == 0, status.stderr
+    assert json.loads(status.stdout)["tables"]["projects"]["replicated"] is True
+    run = _sync_cli(synced_server, "run")
+    assert run.returncode == 0 and "applied" in run.stdout and "scrape_pages" in run.stdout
+    with synced_server.app.duckdb.cursor() as cur:
+        cur.execute("UPDATE replica.projects SET name = 'drift' WHERE id = (SELECT min(id) FROM replica.projects)")
+    found = _sync_cli(synced_server, "validate", "--table", "projects", "--no-repair")
+    assert found.returncode == 1 and "differences found" in found.stdout
+    fixed = _sync_cli(synced_server, "validate", "--table", "projects", "--format", "json")
+    assert fixed.returncode == 0 and json.loads(fixed.stdout)["tables"][0]["repaired"] is True
+    assert _sync_cli(synced_server, "validate", "--table", "projects").stdout.startswith("consistent")
+
+
+def test_sync_cli_without_sync_says_why(server: ServerHandle) -> None:
+    out = _sync_cli(server, "status")
+    assert out.returncode == 2
+    assert "sync is off" in out.stderr and "FLIGHT_POSTGRES__URI" in out.stderr and "Traceback" not in out.stderr
