@@ -262,3 +262,23 @@ def test_sync_cli_without_sync_says_why(server: ServerHandle) -> None:
     out = _sync_cli(server, "status")
     assert out.returncode == 2
     assert "sync is off" in out.stderr and "FLIGHT_POSTGRES__URI" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_sync_pointed_at_another_database_copies_everything_again(tmp_path: Path) -> None:
+    first, second = create_database(), create_database()
+    sync = SyncSettings(poll_interval_s=3600, validate_interval_s=0)
+    handle = start_server(tmp_path / "data", rows=1_000, postgres=pg_settings(first), sync=sync)
+    try:
+        wait_for(lambda: handle.app.sync is not None and handle.app.sync.staleness("projects") is not None)
+        assert replica_rows(handle, "SELECT count(*) FROM replica.projects") == [(12,)]
+        stop_server(handle)
+        handle = start_server(tmp_path / "data", postgres=pg_settings(second), sync=sync)
+        pg_exec(owner_uri(handle), "INSERT INTO users (id, email, hashed_password) VALUES (1, 'new@example.com', 'x')",
+                "INSERT INTO projects (id, name, owner_id) VALUES ('only-one', 'only', 1)")  # fmt: skip
+        status = synced(handle)["status"]
+        assert status["counters"]["table_copies"] == 6  # its position meant nothing here
+        assert replica_rows(handle, "SELECT id FROM replica.projects") == [("only-one",)]
+    finally:
+        stop_server(handle)
+        drop_database(first)
+        drop_database(second)

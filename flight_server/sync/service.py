@@ -151,8 +151,8 @@ class SyncService:
     def _cycle(self) -> dict[str, Any]:
         if not self._tracked:
             tracked = self._source.install(self._wanted)
-            if self._position is not None and self._source.horizon_passed(self._consumer, self.settings.retention_s):
-                logger.warning("sync was away longer than the change retention; copying every table again")
+            if self._position is not None and self._source.position_lost(self._consumer, self.settings.retention_s):
+                logger.warning("PostgreSQL cannot replay changes from the saved position; copying every table again")
                 self._position = None
             self._source.register(self._consumer)
             self._tracked = tracked

@@ -194,12 +194,17 @@ class ChangeSource:
                 (consumer,),
             )
 
-    def horizon_passed(self, consumer: str, retention_s: float) -> bool:
-        """True when this consumer was away so long that changes it needs may be gone."""
+    def position_lost(self, consumer: str, retention_s: float) -> bool:
+        """True when this database cannot replay changes for the consumer's position.
+
+        Either the consumer was away longer than the retention (changes it needs may be
+        gone), or this database has never seen it: another or a recreated database,
+        whose transaction ids say nothing about the position.
+        """
         with self.connect() as conn, conn.cursor() as cur:
             cur.execute(
                 "SELECT updated_at < now() - make_interval(secs => $2) FROM chrono_sync.consumers WHERE name = $1",
                 (consumer, retention_s),
             )
             row = cur.fetchone()
-        return row is not None and bool(row[0])
+        return row is None or bool(row[0])
