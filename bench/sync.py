@@ -22,11 +22,13 @@ import argparse
 import datetime as dt
 import json
 import os
+import random
 import secrets
 import sys
 import tempfile
 import threading
 import time
+from collections import deque
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -66,25 +68,30 @@ class Writer(threading.Thread):
 
     def run(self) -> None:
         inserts, updates, deletes = self._per_tick // 2, self._per_tick * 2 // 5, self._per_tick // 10
+        rng = random.Random(SEED)
         with pg.connect(self._uri, autocommit=True) as conn, conn.cursor() as cur:
+            cur.execute("SELECT id FROM scrape_pages")
+            existing = [int(r[0]) for r in cur.fetchall()]
+            mine: deque[int] = deque()  # rows this writer inserted, oldest first: the ones it deletes
             tick = time.monotonic()
             while not self.stop.is_set():
                 cur.execute("BEGIN")
                 cur.execute(
                     "INSERT INTO scrape_pages (project_id, domain_id, original_url, status) "
                     f"SELECT '{self._project}', {self._domain}, 'https://bench.example/' || g, 'pending' "
-                    f"FROM generate_series(1, {inserts}) g"
+                    f"FROM generate_series(1, {inserts}) g RETURNING id"
                 )
+                added = [int(r[0]) for r in cur.fetchall()]
+                mine.extend(added)
+                changed = ",".join(str(i) for i in rng.sample(existing, updates))
                 cur.execute(
                     "UPDATE scrape_pages SET status = CASE status WHEN 'pending' THEN 'completed' ELSE 'pending' END "
-                    f"WHERE id IN (SELECT id FROM scrape_pages ORDER BY random() LIMIT {updates})"
+                    f"WHERE id IN ({changed})"
                 )
-                cur.execute(
-                    "DELETE FROM scrape_pages WHERE id IN (SELECT id FROM scrape_pages "
-                    f"WHERE original_url LIKE 'https://bench.example/%' ORDER BY id LIMIT {deletes})"
-                )
-                cur.execute("SELECT max(id) FROM scrape_pages")
-                newest = int(cur.fetchone()[0])  # type: ignore[index]
+                gone = ",".join(str(mine.popleft()) for _ in range(min(deletes, len(mine) - inserts)))
+                if gone:
+                    cur.execute(f"DELETE FROM scrape_pages WHERE id IN ({gone})")
+                newest = max(added)
                 cur.execute("COMMIT")
                 self.commits.append((time.time(), newest))
                 self.rows_changed += inserts + updates + deletes

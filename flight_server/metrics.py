@@ -114,6 +114,7 @@ class StateCollector(Collector):
         yield from self._cache()
         yield from self._routing()
         yield from self._resources()
+        yield from self._sync()
         yield from self._server()
 
     def _cache(self) -> Iterator[Metric]:
@@ -196,6 +197,27 @@ class StateCollector(Collector):
             "Least-squares slope of the server's RSS over the last 30 minutes",
             value=float("nan") if slope is None else slope,
         )
+
+    def _sync(self) -> Iterator[Metric]:
+        """Replica freshness; the families exist (empty) when sync is off, for alert rules."""
+        staleness = GaugeMetricFamily(
+            "chrono_sync_staleness_seconds", "Seconds a DuckDB replica may be behind PostgreSQL", labels=["table"]
+        )
+        behind = GaugeMetricFamily(
+            "chrono_sync_changes_behind", "Captured changes not yet applied to a replica", labels=["table"]
+        )
+        paused = GaugeMetricFamily("chrono_sync_paused", "1 while the sync is paused (PostgreSQL unavailable)")
+        applied = CounterMetricFamily("chrono_sync_applied_rows", "Changed rows applied to the replicas")
+        sync = self._app.sync
+        if sync is not None:
+            status = sync.status()
+            for table, state in status["tables"].items():
+                if state["staleness_s"] is not None:
+                    staleness.add_metric([table], state["staleness_s"])
+                behind.add_metric([table], state["changes_behind"])
+            paused.add_metric([], 1 if status["state"] == "paused" else 0)
+            applied.add_metric([], status["counters"]["changes_applied"])
+        yield from (staleness, behind, paused, applied)
 
     def _server(self) -> Iterator[Metric]:
         app = self._app
