@@ -1,7 +1,7 @@
 """B16, change data capture: `python -m bench.sync [--rows N] [--seconds S] [--rate R] [--quick]`.
 
 A steady writer changes `scrape_pages` in PostgreSQL at `--rate` rows per second (one
-transaction every 100 ms: inserts, updates of status, deletes of its own earlier rows)
+transaction every 200 ms: inserts, updates of status, deletes of its own earlier rows)
 while the server's sync applies them to its DuckDB replica. Measured side by side:
 
 - applied per second vs written per second (the sync's own counter over the window);
@@ -56,25 +56,28 @@ def _pg(uri: str, sql: str) -> list[tuple[Any, ...]]:
 
 
 class Writer(threading.Thread):
-    """Commits `rate / 10` changed rows every 100 ms; remembers each commit's newest id."""
+    """Every 200 ms commits the rows due at `rate` (more after a slow tick); remembers each commit's newest id."""
 
     def __init__(self, uri: str, rate: int, project: str, domain_id: int) -> None:
         super().__init__(daemon=True)
-        self._uri, self._per_tick = uri, max(10, rate // 10)
+        self._uri, self._rate = uri, rate
         self._project, self._domain = project, domain_id
         self.stop = threading.Event()
         self.commits: list[tuple[float, int]] = []  # (commit time, newest inserted id)
         self.rows_changed = 0
+        self.began = 0.0  # when the first transaction started (after reading the existing ids)
 
     def run(self) -> None:
-        inserts, updates, deletes = self._per_tick // 2, self._per_tick * 2 // 5, self._per_tick // 10
         rng = random.Random(SEED)
         with pg.connect(self._uri, autocommit=True) as conn, conn.cursor() as cur:
             cur.execute("SELECT id FROM scrape_pages")
             existing = [int(r[0]) for r in cur.fetchall()]
             mine: deque[int] = deque()  # rows this writer inserted, oldest first: the ones it deletes
-            tick = time.monotonic()
+            started = tick = time.monotonic()
+            self.began = time.time()
             while not self.stop.is_set():
+                due = max(10, int(self._rate * (time.monotonic() - started + 0.2)) - self.rows_changed)
+                inserts, updates, deletes = due // 2, due * 2 // 5, due - due // 2 - due * 2 // 5
                 cur.execute("BEGIN")
                 cur.execute(
                     "INSERT INTO scrape_pages (project_id, domain_id, original_url, status) "
@@ -88,14 +91,15 @@ class Writer(threading.Thread):
                     "UPDATE scrape_pages SET status = CASE status WHEN 'pending' THEN 'completed' ELSE 'pending' END "
                     f"WHERE id IN ({changed})"
                 )
-                gone = ",".join(str(mine.popleft()) for _ in range(min(deletes, len(mine) - inserts)))
+                removed = [mine.popleft() for _ in range(min(deletes, len(mine)))]
+                gone = ",".join(str(i) for i in removed)
                 if gone:
                     cur.execute(f"DELETE FROM scrape_pages WHERE id IN ({gone})")
                 newest = max(added)
                 cur.execute("COMMIT")
                 self.commits.append((time.time(), newest))
-                self.rows_changed += inserts + updates + deletes
-                tick += 0.1
+                self.rows_changed += len(added) + updates + len(removed)
+                tick += 0.2
                 self.stop.wait(max(0.0, tick - time.monotonic()))
 
 
@@ -162,13 +166,14 @@ def run(location: str, uri: str, seconds: float, rate: int, reps: int) -> list[R
     project, domain = _pg(uri, "SELECT project_id, id FROM domains ORDER BY id LIMIT 1")[0]
     before = _action(client, "sync.status")["counters"]["changes_applied"]
     writer, reader = Writer(uri, rate, str(project), int(domain)), Reader(location)
-    started = time.time()
     writer.start()
     reader.start()
+    while not writer.began:
+        time.sleep(0.01)
     time.sleep(seconds)
     writer.stop.set()
     writer.join()
-    window = time.time() - started
+    window = time.time() - writer.began
     time.sleep(2.0)  # let the last commits arrive before the reader stops
     reader.stop.set()
     reader.join()
