@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import adbc_driver_postgresql.dbapi as pg
@@ -61,3 +67,52 @@ def synced(handle: ServerHandle) -> dict[str, Any]:
     result = handle.action("sync.run")
     assert isinstance(result, dict)
     return result
+
+
+class PrivatePostgres:
+    """A PostgreSQL cluster of the test's own, so that it can really be stopped and restarted.
+
+    The shared cluster serves the rest of the suite; this one lives in a temporary
+    directory on a free port. PostgreSQL refuses to run as root, so as root it runs as
+    the `postgres` system user (hence a directory of its own, not pytest's private one).
+    """
+
+    def __init__(self) -> None:
+        root = Path(tempfile.mkdtemp(prefix="chrono-pg-"))
+        self.dir = root / "pg"
+        self.port = _free_port()
+        self.bin = Path(subprocess.run(["pg_config", "--bindir"], capture_output=True, text=True).stdout.strip())
+        self._as = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+        if self._as:
+            shutil.chown(root, "postgres")
+        self._run("initdb", "-D", str(self.dir), "-A", "trust", "-U", "postgres", "--no-sync", "-E", "UTF8")
+        self.start()
+
+    @property
+    def uri(self) -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+
+    def _run(self, tool: str, *args: str) -> None:
+        subprocess.run([*self._as, str(self.bin / tool), *args], check=True, capture_output=True, timeout=60)
+
+    def _ctl(self, action: str) -> None:
+        options = f"-p {self.port} -k {self.dir.parent} -c listen_addresses=127.0.0.1 -c fsync=off"
+        self._run("pg_ctl", "-D", str(self.dir), "-m", "fast", "-w", "-o", options, "-l", str(self.dir / "log"), action)
+
+    def start(self) -> None:
+        self._ctl("start")
+
+    def stop(self) -> None:
+        self._ctl("stop")
+
+    def remove(self) -> None:
+        """Stop the cluster if it runs, and delete it."""
+        subprocess.run([*self._as, str(self.bin / "pg_ctl"), "-D", str(self.dir), "-m", "immediate", "stop"],
+                       capture_output=True, timeout=60)  # fmt: skip
+        shutil.rmtree(self.dir.parent, ignore_errors=True)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])

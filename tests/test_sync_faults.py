@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import duckdb
 from processes import ServerProcess
-from sync_support import pg_exec, wait_for
+from sync_support import PrivatePostgres, pg_exec, wait_for
 
 from chrono_flight_client import ChronoFlightClient
 
-from conftest import PG_ADMIN as ADMIN
 from conftest import create_database, drop_database
 
 
@@ -64,30 +62,32 @@ def test_sync_killed_mid_backlog_resumes_with_nothing_lost_or_doubled(tmp_path: 
         drop_database(database)
 
 
-def test_sync_pauses_while_postgres_drops_it_and_resumes_by_itself(tmp_path: Path) -> None:
-    database = create_database()
-    uri = f"postgresql://postgres@127.0.0.1:5432/{database}"
-    env = {"FLIGHT_POSTGRES__URI": uri, "FLIGHT_SYNC__POLL_INTERVAL_S": "0.05",
-           "FLIGHT_SYNC__BACKOFF_INITIAL_S": "0.1", "FLIGHT_SYNC__BACKOFF_MAX_S": "1"}  # fmt: skip
-    server = ServerProcess(tmp_path, **env)
+def test_sync_survives_a_postgres_restart(tmp_path: Path) -> None:
+    cluster = PrivatePostgres()
     try:
-        wait_for(lambda: _status(server.url)["state"] == "running", what="the first sync cycle")
-        # what a PostgreSQL restart does to its clients: every session ends, new ones are refused
-        pg_exec(ADMIN, f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS false')
-        pg_exec(ADMIN, f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{database}'")
-        wait_for(lambda: _status(server.url)["state"] == "paused", what="the pause")
-        time.sleep(0.5)
-        paused = _status(server.url)
-        assert paused["last_error"] and paused["tables"]["projects"]["staleness_s"] > 0.5
-        pg_exec(ADMIN, f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS true')
-        pg_exec(uri, "INSERT INTO users (id, email, hashed_password) VALUES (7, 'back@example.com', 'x')")
-        wait_for(lambda: _status(server.url)["state"] == "running", what="the resume")
-        with ChronoFlightClient.connect(server.url) as client:
-            wait_for(
-                lambda: client.sql("SELECT count(*) AS n FROM users", max_staleness_s=5).column("n")[0].as_py() == 1,
-                what="the insert made after the outage",
-            )
+        env = {"FLIGHT_POSTGRES__URI": cluster.uri, "FLIGHT_SYNC__POLL_INTERVAL_S": "0.05",
+               "FLIGHT_SYNC__BACKOFF_INITIAL_S": "0.1", "FLIGHT_SYNC__BACKOFF_MAX_S": "1"}  # fmt: skip
+        server = ServerProcess(tmp_path / "data", **env)
+        try:
+            wait_for(lambda: _status(server.url)["state"] == "running", what="the first sync cycle")
+            pg_exec(cluster.uri, "INSERT INTO users (id, email, hashed_password) VALUES (1, 'a@example.com', 'x')")
+            cluster.stop()  # a real shutdown: every session ends, new ones are refused
+            wait_for(lambda: _status(server.url)["state"] == "paused", what="the pause")
+            paused = _status(server.url)
+            assert paused["last_error"] and paused["tables"]["users"]["staleness_s"] is not None
+            cluster.start()
+            pg_exec(cluster.uri, "INSERT INTO users (id, email, hashed_password) VALUES (2, 'b@example.com', 'x')")
+            wait_for(lambda: _status(server.url)["state"] == "running", what="the resume, by itself")
+            with ChronoFlightClient.connect(server.url) as client:
+                wait_for(
+                    lambda: (
+                        client.sql("SELECT count(*) AS n FROM users", max_staleness_s=5).column("n")[0].as_py() == 2
+                    ),
+                    what="rows written before and after the restart",
+                )
+                report = client.action("sync.validate", {"tables": ["users"], "repair": False})
+            assert report["consistent"] is True
+        finally:
+            server.stop()
     finally:
-        pg_exec(ADMIN, f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS true')
-        server.stop()
-        drop_database(database)
+        cluster.remove()
