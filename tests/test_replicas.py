@@ -14,6 +14,7 @@ from sync_support import get_with_metadata, pg_exec, synced, wait_for
 from tcp_proxy import TcpProxy
 
 from flight_server.replicas import to_replicas
+from flight_server.scoping import scope_sql
 from flight_server.settings import CacheSettings, PostgresSettings, SyncSettings
 
 from conftest import ServerHandle, create_database, drop_database, pg_settings, start_server, stop_server
@@ -184,3 +185,14 @@ def test_replica_bound_also_ages_out_cached_postgres_results(replica_server: Pro
     assert get_with_metadata(handle, {**command, "max_staleness_s": 60})[1]["cache"] == "hit-l1"
     table, meta = get_with_metadata(handle, {**command, "max_staleness_s": 0.2})
     assert meta["cache"] == "miss" and b"chrono:cached_at" not in (table.schema.metadata or {})
+
+
+def test_replica_rewrite_keeps_project_scoping() -> None:
+    scoped = scope_sql(
+        "SELECT p.name, count(*) FROM scrape_pages s JOIN projects p ON p.id = s.project_id GROUP BY 1",
+        ["proj-001"],
+        {"scrape_pages": "project_id", "projects": "id"},
+    )
+    rewritten = to_replicas(scoped, ("projects", "scrape_pages"))
+    assert "FROM replica.scrape_pages WHERE \"project_id\" IN ('proj-001')" in rewritten
+    assert "FROM replica.projects WHERE \"id\" IN ('proj-001')" in rewritten
