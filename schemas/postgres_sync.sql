@@ -27,39 +27,25 @@ CREATE TABLE IF NOT EXISTS chrono_sync.consumers (
     updated_at  TIMESTAMPTZ NOT NULL DEFAULT now()
 );
 
-CREATE OR REPLACE FUNCTION chrono_sync.capture_insert() RETURNS trigger
+-- one function for the four triggers; each branch reads only the transition tables its
+-- trigger declares (PL/pgSQL plans a statement when it first runs)
+CREATE OR REPLACE FUNCTION chrono_sync.capture() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, public AS $$
 BEGIN
-    INSERT INTO chrono_sync.changes (table_name, op, row_key)
-    SELECT TG_TABLE_NAME, 'I', n.id::text FROM new_rows n;
-    RETURN NULL;
-END
-$$;
-
-CREATE OR REPLACE FUNCTION chrono_sync.capture_update() RETURNS trigger
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, public AS $$
-BEGIN
-    -- both keys: an update may change the primary key itself
-    INSERT INTO chrono_sync.changes (table_name, op, row_key)
-    SELECT TG_TABLE_NAME, 'U', k FROM (SELECT n.id::text FROM new_rows n
-                                       UNION SELECT o.id::text FROM old_rows o) AS keys (k);
-    RETURN NULL;
-END
-$$;
-
-CREATE OR REPLACE FUNCTION chrono_sync.capture_delete() RETURNS trigger
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, public AS $$
-BEGIN
-    INSERT INTO chrono_sync.changes (table_name, op, row_key)
-    SELECT TG_TABLE_NAME, 'D', o.id::text FROM old_rows o;
-    RETURN NULL;
-END
-$$;
-
-CREATE OR REPLACE FUNCTION chrono_sync.capture_truncate() RETURNS trigger
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, public AS $$
-BEGIN
-    INSERT INTO chrono_sync.changes (table_name, op, row_key) VALUES (TG_TABLE_NAME, 'T', NULL);
+    IF TG_OP = 'INSERT' THEN
+        INSERT INTO chrono_sync.changes (table_name, op, row_key)
+        SELECT TG_TABLE_NAME, 'I', n.id::text FROM new_rows n;
+    ELSIF TG_OP = 'UPDATE' THEN
+        -- both keys: an update may change the primary key itself
+        INSERT INTO chrono_sync.changes (table_name, op, row_key)
+        SELECT TG_TABLE_NAME, 'U', k FROM (SELECT n.id::text FROM new_rows n
+                                           UNION SELECT o.id::text FROM old_rows o) AS keys (k);
+    ELSIF TG_OP = 'DELETE' THEN
+        INSERT INTO chrono_sync.changes (table_name, op, row_key)
+        SELECT TG_TABLE_NAME, 'D', o.id::text FROM old_rows o;
+    ELSE
+        INSERT INTO chrono_sync.changes (table_name, op, row_key) VALUES (TG_TABLE_NAME, 'T', NULL);
+    END IF;
     RETURN NULL;
 END
 $$;
@@ -67,22 +53,22 @@ $$;
 -- chrono_sync.track('projects') installs the four triggers on a table (idempotent)
 CREATE OR REPLACE FUNCTION chrono_sync.track(target TEXT) RETURNS void
 LANGUAGE plpgsql AS $$
+DECLARE
+    t RECORD;
 BEGIN
     IF (SELECT count(*) FROM pg_trigger WHERE tgrelid = to_regclass(target) AND tgname LIKE 'chrono\_sync\__') = 4 THEN
         RETURN;  -- already tracked: take no lock on the table
     END IF;
-    EXECUTE format('DROP TRIGGER IF EXISTS chrono_sync_i ON %I', target);
-    EXECUTE format('CREATE TRIGGER chrono_sync_i AFTER INSERT ON %I REFERENCING NEW TABLE AS new_rows '
-                   'FOR EACH STATEMENT EXECUTE FUNCTION chrono_sync.capture_insert()', target);
-    EXECUTE format('DROP TRIGGER IF EXISTS chrono_sync_u ON %I', target);
-    EXECUTE format('CREATE TRIGGER chrono_sync_u AFTER UPDATE ON %I REFERENCING NEW TABLE AS new_rows '
-                   'OLD TABLE AS old_rows FOR EACH STATEMENT EXECUTE FUNCTION chrono_sync.capture_update()', target);
-    EXECUTE format('DROP TRIGGER IF EXISTS chrono_sync_d ON %I', target);
-    EXECUTE format('CREATE TRIGGER chrono_sync_d AFTER DELETE ON %I REFERENCING OLD TABLE AS old_rows '
-                   'FOR EACH STATEMENT EXECUTE FUNCTION chrono_sync.capture_delete()', target);
-    EXECUTE format('DROP TRIGGER IF EXISTS chrono_sync_t ON %I', target);
-    EXECUTE format('CREATE TRIGGER chrono_sync_t AFTER TRUNCATE ON %I '
-                   'FOR EACH STATEMENT EXECUTE FUNCTION chrono_sync.capture_truncate()', target);
+    FOR t IN SELECT * FROM (VALUES
+        ('chrono_sync_i', 'INSERT', 'REFERENCING NEW TABLE AS new_rows'),
+        ('chrono_sync_u', 'UPDATE', 'REFERENCING NEW TABLE AS new_rows OLD TABLE AS old_rows'),
+        ('chrono_sync_d', 'DELETE', 'REFERENCING OLD TABLE AS old_rows'),
+        ('chrono_sync_t', 'TRUNCATE', '')) AS v (name, event, transition)
+    LOOP
+        EXECUTE format('DROP TRIGGER IF EXISTS %I ON %I', t.name, target);
+        EXECUTE format('CREATE TRIGGER %I AFTER %s ON %I %s FOR EACH STATEMENT EXECUTE FUNCTION chrono_sync.capture()',
+                       t.name, t.event, target, t.transition);
+    END LOOP;
 END
 $$;
 
