@@ -105,6 +105,7 @@ class SyncService:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=30)
+        self._source.close()
 
     def _run(self) -> None:
         while not self._stop.is_set():

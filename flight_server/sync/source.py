@@ -8,7 +8,9 @@ types DuckDB cannot take as they are arrive as text.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import threading
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -144,12 +146,39 @@ class ChangeSource:
         self._uri = uri if "connect_timeout=" in uri else f"{uri}{separator}{timeout}"
         self._schemas_dir = schemas_dir
 
-    def connect(self) -> pg.Connection:
-        return pg.connect(self._uri, autocommit=True)
+        self._idle: list[pg.Connection] = []  # opening a connection costs tens of milliseconds: keep a few
+        self._lock = threading.Lock()
+
+    @contextmanager
+    def _session(self) -> Iterator[pg.Cursor]:
+        """A cursor on a pooled connection; a connection that failed is closed, not reused."""
+        with self._lock:
+            conn = self._idle.pop() if self._idle else None
+        if conn is None:
+            conn = pg.connect(self._uri, autocommit=True)
+        try:
+            with conn.cursor() as cur:
+                yield cur
+        except BaseException:
+            with contextlib.suppress(Exception):
+                conn.close()
+            raise
+        with self._lock:
+            if len(self._idle) < 2:
+                self._idle.append(conn)
+                return
+        conn.close()
+
+    def close(self) -> None:
+        with self._lock:
+            idle, self._idle = self._idle, []
+        for conn in idle:
+            with contextlib.suppress(Exception):
+                conn.close()
 
     def install(self, tables: Iterable[str]) -> list[str]:
         """Create the change table and triggers; the tables that exist and are tracked."""
-        with self.connect() as conn, conn.cursor() as cur:
+        with self._session() as cur:
             cur.executescript((self._schemas_dir / "postgres_sync.sql").read_text())
             cur.execute(
                 "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public' "
@@ -163,7 +192,7 @@ class ChangeSource:
 
     @contextmanager
     def snapshot(self) -> Iterator[Snapshot]:
-        with self.connect() as conn, conn.cursor() as cur:
+        with self._session() as cur:
             cur.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
             try:
                 yield Snapshot(cur)
@@ -172,7 +201,7 @@ class ChangeSource:
 
     def advance(self, consumer: str, snapshot: str, retention_s: float) -> int:
         """Record how far a consumer got; drop changes no live consumer still needs."""
-        with self.connect() as conn, conn.cursor() as cur:
+        with self._session() as cur:
             cur.execute(
                 "INSERT INTO chrono_sync.consumers (name, horizon) VALUES ($1, pg_snapshot_xmin($2::pg_snapshot)) "
                 "ON CONFLICT (name) DO UPDATE SET horizon = excluded.horizon, updated_at = now()",
@@ -187,7 +216,7 @@ class ChangeSource:
 
     def register(self, consumer: str) -> None:
         """Hold back the clean-up of changes for a new consumer before it copies anything."""
-        with self.connect() as conn, conn.cursor() as cur:
+        with self._session() as cur:
             cur.execute(
                 "INSERT INTO chrono_sync.consumers (name, horizon) "
                 "VALUES ($1, pg_snapshot_xmin(pg_current_snapshot())) ON CONFLICT (name) DO NOTHING",
@@ -201,7 +230,7 @@ class ChangeSource:
         gone), or this database has never seen it: another or a recreated database,
         whose transaction ids say nothing about the position.
         """
-        with self.connect() as conn, conn.cursor() as cur:
+        with self._session() as cur:
             cur.execute(
                 "SELECT updated_at < now() - make_interval(secs => $2) FROM chrono_sync.consumers WHERE name = $1",
                 (consumer, retention_s),
