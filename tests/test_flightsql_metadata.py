@@ -15,16 +15,17 @@ import pyarrow as pa
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from tcp_proxy import TcpProxy
 
 from flight_server.app import App
 from flight_server.context import Caller, RequestContext
-from flight_server.errors import NotFound, PermissionDenied
+from flight_server.errors import NotFound, PermissionDenied, Unavailable
 from flight_server.flightsql import metadata
 from flight_server.flightsql.catalogs import like
 from flight_server.flightsql.sql_info import DATETIME_FUNCTIONS, NUMERIC_FUNCTIONS, STRING_FUNCTIONS, SYSTEM_FUNCTIONS
 from flight_server.settings import CacheSettings, DuckDBSettings, Settings
 
-from conftest import ServerHandle
+from conftest import ServerHandle, pg_settings
 
 PREFIX = "ARROW:FLIGHT:SQL:"
 
@@ -549,17 +550,20 @@ def duck_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[App]:
         con.execute("CREATE TABLE owners (id INTEGER PRIMARY KEY, name VARCHAR)")
         con.execute("CREATE TABLE pets (id INTEGER, owner_id INTEGER REFERENCES owners (id), PRIMARY KEY (id))")
 
-    data_dir: Path = tmp_path_factory.mktemp("duck-meta")
-    settings = Settings(
+    app = App(_small_settings(tmp_path_factory.mktemp("duck-meta")), prepare=prepare)
+    yield app
+    app.close()
+
+
+def _small_settings(data_dir: Path, **groups: Any) -> Settings:
+    return Settings(
         data_dir=data_dir,
         port=0,
         log_format="text",
         duckdb=DuckDBSettings(threads=1, memory_limit="512MB"),
         cache=CacheSettings(warm_top_n=0),
+        **groups,
     )
-    app = App(settings, prepare=prepare)
-    yield app
-    app.close()
 
 
 def test_catalogs_without_postgres_list_duckdb_only(duck_app: App) -> None:
@@ -582,3 +586,33 @@ def test_foreign_keys_of_duckdb_tables(duck_app: App) -> None:
     imported = metadata.get_imported_keys(duck_app, _ctx(), None, None, "pets")
     assert _key_rows(imported) == _key_rows(exported)
     assert imported.column("pk_key_name")[0].as_py() is not None
+
+
+# -- PostgreSQL configured but down ----------------------------------------------------------------
+
+
+@pytest.fixture
+def pg_down_app(tmp_path: Path, pg_database: str) -> Iterator[App]:
+    """An App whose PostgreSQL went away after start-up (a proxy in between is cut)."""
+    proxy = TcpProxy(5432)
+    app = App(_small_settings(tmp_path, postgres=pg_settings(pg_database, port=proxy.port, breaker_open_s=30)))
+    try:
+        proxy.cut()
+        yield app
+    finally:
+        app.close()
+
+
+def test_tables_leave_out_postgres_while_it_is_down(pg_down_app: App) -> None:
+    assert _column(metadata.get_catalogs(pg_down_app, _ctx()), "catalog_name") == ["duckdb", "postgres"]
+    tables = metadata.get_tables(pg_down_app, _ctx(), None, None, None, [], False)
+    assert set(_column(tables, "catalog_name")) == {"duckdb"}
+    assert "cdx_records" in _column(tables, "table_name")
+    assert metadata.get_exported_keys(pg_down_app, _ctx(), None, None, "users").num_rows == 0
+
+
+def test_tables_of_postgres_alone_unavailable_while_it_is_down(pg_down_app: App) -> None:
+    with pytest.raises(Unavailable):
+        metadata.get_tables(pg_down_app, _ctx(), "postgres", None, None, [], False)
+    with pytest.raises(Unavailable):
+        metadata.get_primary_keys(pg_down_app, _ctx(), "postgres", None, "users")

@@ -95,7 +95,8 @@ def like(pattern: str | None, value: str) -> bool:
 
 def fetch_rows(engine: Engine, ctx: RequestContext, sql: str) -> list[dict[str, Any]]:
     """Run a catalog query (constant SQL, no parameters) on an engine; its rows are few."""
-    result = engine.execute(sql, None, query_id=ctx.query_id, deadline_s=ctx.deadline_s)
+    # a query id of its own: the request's id may belong to a statement that is running
+    result = engine.execute(sql, None, query_id=f"{ctx.query_id}-metadata", deadline_s=ctx.deadline_s)
     try:
         table = result.reader.read_all()
     except BaseException as exc:

@@ -62,56 +62,38 @@ WHERE database_name = current_database() AND schema_name = '{MAIN}'
 
 @dataclass(frozen=True)
 class PrimaryKeyColumn:
-    catalog: str
-    db_schema: str
-    table: str
-    column: str
+    """One row of GetPrimaryKeys (fields named as the result's columns)."""
+
+    catalog_name: str
+    db_schema_name: str
+    table_name: str
+    column_name: str
     key_sequence: int
     key_name: str | None
-
-    def row(self) -> dict[str, Any]:
-        return {
-            "catalog_name": self.catalog,
-            "db_schema_name": self.db_schema,
-            "table_name": self.table,
-            "column_name": self.column,
-            "key_sequence": self.key_sequence,
-            "key_name": self.key_name,
-        }
 
 
 @dataclass(frozen=True)
 class ForeignKeyColumn:
-    """One column pair of a foreign key; both tables are in the same catalog and schema."""
+    """One row of the foreign key commands (fields named as the result's columns)."""
 
-    catalog: str
-    db_schema: str
-    pk_table: str
-    pk_column: str
-    fk_table: str
-    fk_column: str
+    pk_catalog_name: str
+    pk_db_schema_name: str
+    pk_table_name: str
+    pk_column_name: str
+    fk_catalog_name: str
+    fk_db_schema_name: str
+    fk_table_name: str
+    fk_column_name: str
     key_sequence: int
     fk_key_name: str | None
     pk_key_name: str | None
     update_rule: int
     delete_rule: int
 
-    def row(self) -> dict[str, Any]:
-        return {
-            "pk_catalog_name": self.catalog,
-            "pk_db_schema_name": self.db_schema,
-            "pk_table_name": self.pk_table,
-            "pk_column_name": self.pk_column,
-            "fk_catalog_name": self.catalog,
-            "fk_db_schema_name": self.db_schema,
-            "fk_table_name": self.fk_table,
-            "fk_column_name": self.fk_column,
-            "key_sequence": self.key_sequence,
-            "fk_key_name": self.fk_key_name,
-            "pk_key_name": self.pk_key_name,
-            "update_rule": self.update_rule,
-            "delete_rule": self.delete_rule,
-        }
+
+def _foreign_key(place: tuple[str, str], pk: tuple[str, str], fk: tuple[str, str], *rest: Any) -> ForeignKeyColumn:
+    """A foreign key column pair within one catalog and schema: (table, column) on each side."""
+    return ForeignKeyColumn(*place, *pk, *place, *fk, *rest)
 
 
 def _places(app: App, catalog: str | None, db_schema: str | None) -> list[tuple[str, str]]:
@@ -128,45 +110,43 @@ def primary_keys(
     app: App, ctx: RequestContext, catalog: str | None, db_schema: str | None, table: str
 ) -> list[PrimaryKeyColumn]:
     out: list[PrimaryKeyColumn] = []
-    for cat, schema in _places(app, catalog, db_schema):
-        if cat == DUCKDB:
+    for place in _places(app, catalog, db_schema):
+        if place[0] == DUCKDB:
             for row in _duckdb_constraints(app, ctx):
                 if row["constraint_type"] == "PRIMARY KEY" and row["table_name"] == table:
                     for seq, column in enumerate(row["columns"], start=1):
-                        out.append(PrimaryKeyColumn(cat, schema, table, column, seq, row["constraint_name"]))
+                        out.append(PrimaryKeyColumn(*place, table, column, seq, row["constraint_name"]))
             continue
-        assert app.postgres is not None
         for row in _optional(app, ctx, _POSTGRES_PRIMARY_KEYS, catalog):
             if row["table_name"] == table:
-                out.append(
-                    PrimaryKeyColumn(cat, schema, table, row["column_name"], row["key_sequence"], row["key_name"])
-                )
-    return sorted(out, key=lambda k: (k.catalog, k.db_schema, k.table, k.key_name or "", k.key_sequence))
+                out.append(PrimaryKeyColumn(*place, table, row["column_name"], row["key_sequence"], row["key_name"]))
+    return sorted(out, key=lambda k: (k.catalog_name, k.db_schema_name, k.table_name, k.key_name or "", k.key_sequence))
 
 
 def foreign_keys(app: App, ctx: RequestContext, catalog: str | None, db_schema: str | None) -> list[ForeignKeyColumn]:
     """Every foreign key column pair in the catalogs and schemas the filters leave."""
     out: list[ForeignKeyColumn] = []
-    for cat, schema in _places(app, catalog, db_schema):
-        if cat == DUCKDB:
+    for place in _places(app, catalog, db_schema):
+        if place[0] == DUCKDB:
             rows = _duckdb_constraints(app, ctx)
             names = {r["table_name"]: r["constraint_name"] for r in rows if r["constraint_type"] == "PRIMARY KEY"}
             for row in rows:
                 if row["constraint_type"] != "FOREIGN KEY":
                     continue
+                pk_table = row["referenced_table"]
                 pairs = zip(row["referenced_columns"], row["columns"], strict=True)
                 for seq, (pk_column, fk_column) in enumerate(pairs, start=1):
                     out.append(
-                        ForeignKeyColumn(
-                            cat, schema, row["referenced_table"], pk_column, row["table_name"], fk_column, seq,
-                            row["constraint_name"], names.get(row["referenced_table"]), NO_ACTION, NO_ACTION,
+                        _foreign_key(
+                            place, (pk_table, pk_column), (row["table_name"], fk_column), seq,
+                            row["constraint_name"], names.get(pk_table), NO_ACTION, NO_ACTION,
                         )
                     )  # fmt: skip
             continue
         for row in _optional(app, ctx, _POSTGRES_FOREIGN_KEYS, catalog):
             out.append(
-                ForeignKeyColumn(
-                    cat, schema, row["pk_table"], row["pk_column"], row["fk_table"], row["fk_column"],
+                _foreign_key(
+                    place, (row["pk_table"], row["pk_column"]), (row["fk_table"], row["fk_column"]),
                     row["key_sequence"], row["fk_key_name"], row["pk_key_name"],
                     _PG_RULES[row["update_rule"]], _PG_RULES[row["delete_rule"]],
                 )
@@ -187,20 +167,22 @@ def _optional(app: App, ctx: RequestContext, sql: str, catalog: str | None) -> l
 
 def exported_keys(keys: list[ForeignKeyColumn], table: str) -> list[ForeignKeyColumn]:
     """Foreign keys that reference `table`, ordered by the foreign key side."""
-    chosen = [k for k in keys if k.pk_table == table]
-    return sorted(chosen, key=lambda k: (k.catalog, k.db_schema, k.fk_table, k.fk_key_name or "", k.key_sequence))
+    chosen = [k for k in keys if k.pk_table_name == table]
+    return sorted(
+        chosen,
+        key=lambda k: (k.fk_catalog_name, k.fk_db_schema_name, k.fk_table_name, k.fk_key_name or "", k.key_sequence),
+    )
 
 
 def imported_keys(keys: list[ForeignKeyColumn], table: str) -> list[ForeignKeyColumn]:
     """Foreign keys of `table`, ordered by the referenced (primary key) side."""
-    chosen = [k for k in keys if k.fk_table == table]
-    return sorted(chosen, key=_by_primary_side)
+    return cross_reference(keys, None, table)
 
 
-def cross_reference(keys: list[ForeignKeyColumn], pk_table: str, fk_table: str) -> list[ForeignKeyColumn]:
-    chosen = [k for k in keys if k.pk_table == pk_table and k.fk_table == fk_table]
-    return sorted(chosen, key=_by_primary_side)
-
-
-def _by_primary_side(key: ForeignKeyColumn) -> tuple[str, str, str, str, int]:
-    return (key.catalog, key.db_schema, key.pk_table, key.pk_key_name or "", key.key_sequence)
+def cross_reference(keys: list[ForeignKeyColumn], pk_table: str | None, fk_table: str) -> list[ForeignKeyColumn]:
+    """Foreign keys of `fk_table` that reference `pk_table` (None: any), ordered by the primary key side."""
+    chosen = [k for k in keys if pk_table in (None, k.pk_table_name) and k.fk_table_name == fk_table]
+    return sorted(
+        chosen,
+        key=lambda k: (k.pk_catalog_name, k.pk_db_schema_name, k.pk_table_name, k.pk_key_name or "", k.key_sequence),
+    )

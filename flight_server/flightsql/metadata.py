@@ -44,7 +44,8 @@ with the metadata commands:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
@@ -260,25 +261,21 @@ def get_xdbc_type_info(app: App, ctx: RequestContext, data_type: int | None) -> 
 def get_primary_keys(app: App, ctx: RequestContext, catalog: str | None, db_schema: str | None, table: str) -> pa.Table:
     _allowed(ctx)
     found = keys.primary_keys(app, ctx, catalog, db_schema, table)
-    return _table(primary_keys_schema(), [k.row() for k in found])
+    return _table(primary_keys_schema(), [asdict(k) for k in found])
 
 
 def get_exported_keys(
     app: App, ctx: RequestContext, catalog: str | None, db_schema: str | None, table: str
 ) -> pa.Table:
     """Foreign keys that reference `table`'s primary key."""
-    _allowed(ctx)
-    found = keys.exported_keys(keys.foreign_keys(app, ctx, catalog, db_schema), table)
-    return _table(foreign_keys_schema(), [k.row() for k in found])
+    return _foreign_keys(app, ctx, catalog, db_schema, lambda found: keys.exported_keys(found, table))
 
 
 def get_imported_keys(
     app: App, ctx: RequestContext, catalog: str | None, db_schema: str | None, table: str
 ) -> pa.Table:
     """Foreign keys of `table`, with the primary keys they reference."""
-    _allowed(ctx)
-    found = keys.imported_keys(keys.foreign_keys(app, ctx, catalog, db_schema), table)
-    return _table(foreign_keys_schema(), [k.row() for k in found])
+    return _foreign_keys(app, ctx, catalog, db_schema, lambda found: keys.imported_keys(found, table))
 
 
 def get_cross_reference(
@@ -292,11 +289,27 @@ def get_cross_reference(
     fk_table: str,
 ) -> pa.Table:
     """Foreign keys of `fk_table` that reference `pk_table`."""
+
+    def choose(found: list[keys.ForeignKeyColumn]) -> list[keys.ForeignKeyColumn]:
+        found = [
+            k for k in found if fk_catalog in (None, k.fk_catalog_name) and fk_db_schema in (None, k.fk_db_schema_name)
+        ]
+        return keys.cross_reference(found, pk_table, fk_table)
+
+    return _foreign_keys(app, ctx, pk_catalog, pk_db_schema, choose)
+
+
+def _foreign_keys(
+    app: App,
+    ctx: RequestContext,
+    catalog: str | None,
+    db_schema: str | None,
+    choose: Callable[[list[keys.ForeignKeyColumn]], list[keys.ForeignKeyColumn]],
+) -> pa.Table:
+    """The foreign keys in the catalog and schema (None: any) that `choose` keeps, in its order."""
     _allowed(ctx)
-    candidates = keys.foreign_keys(app, ctx, pk_catalog, pk_db_schema)
-    candidates = [k for k in candidates if fk_catalog in (None, k.catalog) and fk_db_schema in (None, k.db_schema)]
-    found = keys.cross_reference(candidates, pk_table, fk_table)
-    return _table(foreign_keys_schema(), [k.row() for k in found])
+    found = choose(keys.foreign_keys(app, ctx, catalog, db_schema))
+    return _table(foreign_keys_schema(), [asdict(k) for k in found])
 
 
 # -- tables for statements -----------------------------------------------------------------------
