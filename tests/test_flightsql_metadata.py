@@ -471,9 +471,10 @@ def test_sql_info_all_when_none_requested(app: App) -> None:
     table = metadata.get_sql_info(app, _ctx(), [])
     info = _info(table)
     assert _column(table, "info_name") == sorted(info)
-    assert {0, 1, 2, 3, 4, 5, 8, 9, 100, 101} <= set(info)
+    assert {0, 1, 2, 3, 4, 5, 8, 9, 10, 11, 100, 101} <= set(info)
     assert set(range(500, 577)) <= set(info)
-    assert info[9] is True and info[5] is False and info[563] is False
+    assert info[9] is True and info[10] is True and info[11] is False
+    assert info[5] is False and info[563] is False
     assert "SELECT" in info[508]
 
 

@@ -10,6 +10,8 @@ Flight SQL drivers (ADBC, JDBC, ODBC; DBeaver, Superset, Tableau) browse the ser
 with the metadata commands:
 
 - **Catalogs** (`GetCatalogs`): `duckdb`, and `postgres` when PostgreSQL is configured.
+  While PostgreSQL is down, listings of every catalog leave its tables out; asking for
+  the `postgres` catalog alone answers `UNAVAILABLE`.
 - **Schemas** (`GetDbSchemas`): `duckdb.main` holds the analytics tables
   (`cdx_records`, `content_analytics`, `performance_metrics`) and every ingested
   dataset, as DuckDB has them (they are views over the base table and the Parquet
@@ -36,7 +38,8 @@ with the metadata commands:
   INTERVAL) with their JDBC/ODBC codes.
 - **SqlInfo** (`GetSqlInfo`): server name `Chrono Flight`, its version and the Arrow
   version; read-only (`FLIGHT_SQL_SERVER_READ_ONLY` true: no DDL, no updates, no
-  transactions; rows arrive through bulk ingest); cancellation supported; the DuckDB
+  transactions; rows arrive through bulk ingest, which is supported); cancellation
+  supported; every id when none is asked for, unknown ids left out; the DuckDB
   dialect: `"` quotes identifiers, which are case insensitive, nulls sort last, `\\`
   escapes LIKE patterns, DuckDB's keywords and function lists, supported conversions,
   full outer joins, subqueries of every kind, UNION and UNION ALL.

@@ -86,6 +86,8 @@ def _static_info(app: App) -> dict[int, tuple[int, Any]]:
         5: (BOOL, False),  # Substrait
         8: (INT32, 0),  # SqlSupportedTransaction: none
         9: (BOOL, True),  # cancel
+        10: (BOOL, True),  # bulk ingestion (CommandStatementIngest)
+        11: (BOOL, False),  # transactions for bulk ingestion
         100: (INT32, 0),  # prepared statement handle timeout (ms): none
         101: (INT32, 0),  # transaction timeout (ms): none
         # SQL syntax
