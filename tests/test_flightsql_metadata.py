@@ -550,6 +550,7 @@ def duck_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[App]:
     def prepare(con: duckdb.DuckDBPyConnection) -> None:
         con.execute("CREATE TABLE owners (id INTEGER PRIMARY KEY, name VARCHAR)")
         con.execute("CREATE TABLE pets (id INTEGER, owner_id INTEGER REFERENCES owners (id), PRIMARY KEY (id))")
+        con.execute("CREATE TABLE domains_top (x INTEGER)")  # a table named like a named query's view
 
     app = App(_small_settings(tmp_path_factory.mktemp("duck-meta")), prepare=prepare)
     yield app
@@ -571,7 +572,19 @@ def test_catalogs_without_postgres_list_duckdb_only(duck_app: App) -> None:
     assert _column(metadata.get_catalogs(duck_app, _ctx()), "catalog_name") == ["duckdb"]
     assert _column(metadata.get_db_schemas(duck_app, _ctx(), None, None), "db_schema_name") == ["analytics", "main"]
     tables = metadata.get_tables(duck_app, _ctx(), None, None, None, ["TABLE"], False)
-    assert _names(tables) == [("duckdb", "main", "owners"), ("duckdb", "main", "pets")]
+    assert _names(tables) == [
+        ("duckdb", "main", "domains_top"),
+        ("duckdb", "main", "owners"),
+        ("duckdb", "main", "pets"),
+    ]
+
+
+def test_resolve_table_prefers_tables_over_named_query_views(duck_app: App) -> None:
+    table = metadata.resolve_table(duck_app, _ctx(), None, None, "domains_top")
+    assert (table.engine, table.name, table.schema.names) == ("duckdb", "domains_top", ["x"])
+    view = metadata.resolve_table(duck_app, _ctx(), None, "analytics", "domains_top")
+    assert (view.engine, view.name) == ("analytics", "domains.top")
+    assert metadata.resolve_table(duck_app, _ctx(), None, None, "OWNERS").name == "owners"
 
 
 def test_primary_keys_of_duckdb_tables(duck_app: App) -> None:

@@ -153,7 +153,7 @@ def list_tables(
 
     The schema is matched exactly here; callers apply patterns themselves. When
     PostgreSQL is down, a listing of every catalog leaves its tables out (and logs it);
-    a listing of the postgres catalog alone fails with UNAVAILABLE.
+    a listing of the postgres catalog (or its schema) alone fails with UNAVAILABLE.
     """
     entries: list[TableEntry] = []
     for cat, schema in schema_names(app):
@@ -165,19 +165,23 @@ def list_tables(
         try:
             entries.extend(_engine_tables(app, ctx, cat))
         except Unavailable as exc:
-            if catalog == cat:
+            if catalog == cat or db_schema == schema:
                 raise
             logger.warning("tables of a catalog left out", extra={"fields": {"catalog": cat, "error": str(exc)}})
     return sorted(entries, key=lambda e: e.sort_key)
 
 
+_PRECEDENCE = {(DUCKDB, MAIN): 0, (POSTGRES, PUBLIC): 1, (DUCKDB, ANALYTICS): 2}
+
+
 def find_table(app: App, ctx: RequestContext, catalog: str | None, db_schema: str | None, table: str) -> TableEntry:
     """The table a (catalog, schema, name) reference means; NotFound when there is none.
 
-    Without catalog or schema the first match in catalog, schema order wins (DuckDB
-    before PostgreSQL). Exact names win over names that match only ignoring case.
+    Without catalog or schema, tables win over views of named queries, and DuckDB over
+    PostgreSQL (as for a table both engines hold). Exact names win over names that
+    match only ignoring case.
     """
-    entries = list_tables(app, ctx, catalog, db_schema)
+    entries = sorted(list_tables(app, ctx, catalog, db_schema), key=lambda e: _PRECEDENCE[e.catalog, e.db_schema])
     for matches in ([e for e in entries if e.name == table], [e for e in entries if e.name.lower() == table.lower()]):
         if matches:
             return matches[0]
