@@ -87,6 +87,8 @@ XDBC_TYPE_INFO = pa.schema(
         pa.field("interval_precision", pa.int32()),
     ]
 )
+# key_sequence before key_name: the order of the C++, Java and Go reference implementations
+# (the proto comment lists key_name first; drivers read both by name)
 PRIMARY_KEYS = pa.schema(
     [
         _utf8("catalog_name"),
@@ -480,6 +482,9 @@ def test_sql_info_all_when_none_requested(app: App) -> None:
 
 def test_sql_info_skips_unknown_ids(app: App) -> None:
     assert _column(metadata.get_sql_info(app, _ctx(), [0, 9999, 0]), "info_name") == [0]
+    nothing = metadata.get_sql_info(app, _ctx(), [9999])
+    assert nothing.num_rows == 0
+    _strict_equal(nothing.schema, SQL_INFO)
 
 
 def test_sql_info_function_lists_exist_in_duckdb(app: App) -> None:

@@ -164,31 +164,27 @@ def xdbc_type_info_schema() -> pa.Schema:
     )
 
 
+def _column_reference(prefix: str = "") -> list[pa.Field]:
+    """Catalog and schema (nullable), table and column (not null) names, as key results have them."""
+    return [
+        _text(f"{prefix}catalog_name"),
+        _text(f"{prefix}db_schema_name"),
+        _text(f"{prefix}table_name", nullable=False),
+        _text(f"{prefix}column_name", nullable=False),
+    ]
+
+
 def primary_keys_schema() -> pa.Schema:
-    return pa.schema(
-        [
-            _text("catalog_name"),
-            _text("db_schema_name"),
-            _text("table_name", nullable=False),
-            _text("column_name", nullable=False),
-            pa.field("key_sequence", pa.int32(), nullable=False),
-            _text("key_name"),
-        ]
-    )
+    """key_sequence comes before key_name, as in the C++, Java and Go implementations."""
+    return pa.schema([*_column_reference(), pa.field("key_sequence", pa.int32(), nullable=False), _text("key_name")])
 
 
 def foreign_keys_schema() -> pa.Schema:
     """Shared by GetExportedKeys, GetImportedKeys and GetCrossReference."""
     return pa.schema(
         [
-            _text("pk_catalog_name"),
-            _text("pk_db_schema_name"),
-            _text("pk_table_name", nullable=False),
-            _text("pk_column_name", nullable=False),
-            _text("fk_catalog_name"),
-            _text("fk_db_schema_name"),
-            _text("fk_table_name", nullable=False),
-            _text("fk_column_name", nullable=False),
+            *_column_reference("pk_"),
+            *_column_reference("fk_"),
             pa.field("key_sequence", pa.int32(), nullable=False),
             _text("fk_key_name"),
             _text("pk_key_name"),
