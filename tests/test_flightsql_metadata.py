@@ -635,3 +635,5 @@ def test_tables_of_postgres_alone_unavailable_while_it_is_down(pg_down_app: App)
         metadata.get_tables(pg_down_app, _ctx(), "postgres", None, None, [], False)
     with pytest.raises(Unavailable):
         metadata.get_primary_keys(pg_down_app, _ctx(), "postgres", None, "users")
+    # a schema pattern that leaves no PostgreSQL schema does not ask PostgreSQL at all
+    assert metadata.get_tables(pg_down_app, _ctx(), "postgres", "m%", None, [], False).num_rows == 0

@@ -147,17 +147,22 @@ def _engine_tables(app: App, ctx: RequestContext, catalog: str) -> list[TableEnt
 
 
 def list_tables(
-    app: App, ctx: RequestContext, catalog: str | None = None, db_schema: str | None = None
+    app: App,
+    ctx: RequestContext,
+    catalog: str | None = None,
+    db_schema: str | None = None,
+    db_schema_pattern: str | None = None,
 ) -> list[TableEntry]:
     """Every table of the catalog and schema (None: any), sorted as GetTables wants them.
 
-    The schema is matched exactly here; callers apply patterns themselves. When
-    PostgreSQL is down, a listing of every catalog leaves its tables out (and logs it);
-    a listing of the postgres catalog (or its schema) alone fails with UNAVAILABLE.
+    `db_schema` is matched exactly, `db_schema_pattern` as a LIKE pattern; only the
+    engines of the schemas they leave are asked. When PostgreSQL is down, a listing of
+    every catalog leaves its tables out (and logs it); a listing of the postgres catalog
+    (or its schema) alone fails with UNAVAILABLE.
     """
     entries: list[TableEntry] = []
     for cat, schema in schema_names(app):
-        if (catalog is not None and cat != catalog) or (db_schema is not None and schema != db_schema):
+        if catalog not in (None, cat) or db_schema not in (None, schema) or not like(db_schema_pattern, schema):
             continue
         if schema == ANALYTICS:
             entries.extend(analytics_views(app))

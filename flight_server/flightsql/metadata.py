@@ -226,10 +226,8 @@ def get_tables(
     _allowed(ctx)
     entries = [
         e
-        for e in catalogs.list_tables(app, ctx, catalog)
-        if catalogs.like(db_schema_filter_pattern, e.db_schema)
-        and catalogs.like(table_name_filter_pattern, e.name)
-        and (not table_types or e.table_type in table_types)
+        for e in catalogs.list_tables(app, ctx, catalog, db_schema_pattern=db_schema_filter_pattern)
+        if catalogs.like(table_name_filter_pattern, e.name) and (not table_types or e.table_type in table_types)
     ]
     rows: list[dict[str, Any]] = [
         {"catalog_name": e.catalog, "db_schema_name": e.db_schema, "table_name": e.name, "table_type": e.table_type}
