@@ -20,15 +20,10 @@ from sqlglot import exp
 from flight_server.catalog import Catalog
 from flight_server.commands import Command
 from flight_server.errors import InvalidArgument
+from flight_server.flightsql.catalogs import ANALYTICS, DUCKDB, MAIN, POSTGRES, PUBLIC, view_name
 
 # the schema each engine's tables live in, as the metadata shows them
-ENGINE_SCHEMAS = {"duckdb": "main", "postgres": "public"}
-ANALYTICS_SCHEMA = "analytics"
-
-
-def view_name(query_name: str) -> str:
-    """The name a named query has as a view of the analytics schema."""
-    return query_name.replace(".", "_")
+ENGINE_SCHEMAS = {DUCKDB: MAIN, POSTGRES: PUBLIC}
 
 
 def statement_command(text: str, catalog: Catalog, params: list[Any] | dict[str, Any] | None = None) -> Command:
@@ -50,7 +45,7 @@ def statement_command(text: str, catalog: Catalog, params: list[Any] | dict[str,
             raise InvalidArgument(
                 f"unknown catalog '{table.catalog[:40]}'; this server has catalogs {', '.join(ENGINE_SCHEMAS)}"
             )
-        if schema == ANALYTICS_SCHEMA:
+        if schema == ANALYTICS:
             views.append(table)
             continue
         allowed = [ENGINE_SCHEMAS[qualifier_catalog]] if qualifier_catalog else list(ENGINE_SCHEMAS.values())
