@@ -95,6 +95,15 @@ def test_flightsql_prepare_returns_both_schemas(server: ServerHandle) -> None:
     assert action(server.client, "ClosePreparedStatement", _pack(close)) == []
 
 
+def test_flightsql_prepared_statement_without_its_parameters_is_refused(server: ServerHandle) -> None:
+    request = sql.ActionCreatePreparedStatementRequest(query="SELECT * FROM cdx_records WHERE id = ?")
+    [raw] = action(server.client, "CreatePreparedStatement", _pack(request))
+    handle = _unpack(raw, sql.ActionCreatePreparedStatementResult).prepared_statement_handle
+    command = sql.CommandPreparedStatementQuery(prepared_statement_handle=handle)
+    with pytest.raises(pa.ArrowInvalid, match="bind their values"):
+        server.client.get_flight_info(descriptor(command))
+
+
 @pytest.mark.parametrize(
     "query",
     ["SELECT count(*) AS n FROM duckdb.main.cdx_records", "SELECT count(*) AS n FROM main.cdx_records"],

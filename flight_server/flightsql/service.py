@@ -62,18 +62,22 @@ class FlightSqlService:
             return flight.FlightInfo(schema, descriptor, [endpoint], -1, -1), name, {}
         if isinstance(command, sql.CommandStatementQuery):
             plan = self.app.executor.plan(self._statement(command.query, command), ctx)
-            schema = client_schema(self.app.executor.schema(plan))
+            schema, cache = self.app.executor.describe(plan, ctx)
+            schema = client_schema(schema)
             handle = {"command": json.loads(plan.command.to_json()), "query_id": plan.query_id}
         elif isinstance(command, sql.CommandPreparedStatementQuery):
             statement = self.prepared.get(ctx.caller, command.prepared_statement_handle)
+            if len(statement.parameter_schema) and not statement.rows:
+                raise InvalidArgument("the statement has parameters: bind their values (DoPut) before executing it")
             plan = self.app.executor.plan(statement.commands()[0], ctx)
-            schema = client_schema(self.app.executor.schema(plan)) if statement.rows else statement.dataset_schema
+            schema, cache = self.app.executor.describe(plan, ctx)
+            schema = client_schema(schema) if statement.rows else statement.dataset_schema
             handle = {"prepared": statement.handle.hex(), "query_id": plan.query_id}
         else:
             raise InvalidArgument(f"{name} is not a query; GetFlightInfo takes queries and metadata commands")
         self.tickets.announce(plan.query_id, ctx.caller)
         ticket = pack(sql.TicketStatementQuery(statement_handle=json.dumps(handle).encode()))
-        metadata = plan.metadata(self.app.executor.cache_status(plan, ctx))
+        metadata = plan.metadata(cache)
         info = flight.FlightInfo(
             schema,
             descriptor,

@@ -11,6 +11,7 @@ audit treat both alike.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pyarrow as pa
@@ -24,10 +25,13 @@ from flight_server.flightsql.catalogs import ANALYTICS, DUCKDB, MAIN, POSTGRES, 
 
 # the schema each engine's tables live in, as the metadata shows them
 ENGINE_SCHEMAS = {DUCKDB: MAIN, POSTGRES: PUBLIC}
+_QUALIFIED = re.compile(r'[\w"`]\s*\.\s*[A-Za-z_"`]')  # a dot between names, not in a number
 
 
 def statement_command(text: str, catalog: Catalog, params: list[Any] | dict[str, Any] | None = None) -> Command:
     """The command a Flight SQL statement runs as (see module docstring)."""
+    if not _QUALIFIED.search(text):  # no dotted name: nothing to rewrite, skip the parse
+        return Command("sql", text, params or [])
     try:
         tree = sqlglot.parse_one(text, read="duckdb")
     except sqlglot.errors.ParseError:
