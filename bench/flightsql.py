@@ -3,7 +3,8 @@
 roapi (`pip install '.[bench]'`) is a Rust Flight SQL server on Apache DataFusion. Both
 serve the same ZSTD Parquet file on loopback: roapi loads it as table `bench_cdx`; our
 server (`flight-server serve`, its own process) ingests it with DoPut into the dataset
-`bench_cdx`. Three queries, each `cursor.execute` + `fetch_arrow_table` through one
+`bench_cdx`, written with the file's row-group size (250,000 rows) so that both read the
+same layout. Three queries, each `cursor.execute` + `fetch_arrow_table` through one
 ADBC connection per server, interleaved per repetition:
 
 - scan: every row and column (2,000,000 rows by default);
@@ -55,6 +56,7 @@ QUERIES = {
     "point lookup": f"SELECT * FROM {TABLE} WHERE id = 1234567",
 }
 TARGETS = {"warm": 1.0, "cold": 1.5}
+ROW_GROUP_ROWS = 250_000  # of the Parquet file, and of the dataset our server writes from it
 
 
 def make_parquet(path: Path, rows: int) -> None:
@@ -75,7 +77,7 @@ def make_parquet(path: Path, rows: int) -> None:
             ),
         }
     )
-    pq.write_table(table, path, compression="zstd", row_group_size=250_000)
+    pq.write_table(table, path, compression="zstd", row_group_size=ROW_GROUP_ROWS)
 
 
 class Roapi(ServerProcess):
@@ -132,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
         make_parquet(parquet, args.rows)
     data_dir = Path(tempfile.mkdtemp(prefix="data-", dir=root))
     started = time.time()
-    ours = FlightServer(data_dir, root / "logs" / "server.log")
+    ours = FlightServer(data_dir, root / "logs" / "server.log", {"FLIGHT_INGEST__ROW_GROUP_ROWS": str(ROW_GROUP_ROWS)})
     theirs = Roapi(parquet, root / "logs" / "roapi.log")
     try:
         ours.wait_ready()

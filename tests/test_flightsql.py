@@ -130,6 +130,25 @@ def test_flightsql_qualified_postgres_names_route_to_postgres(hybrid_server: Ser
         assert cur.fetchone()[0] == hybrid_server.get({"sql": "SELECT count(*) AS n FROM projects"})["n"][0].as_py()
 
 
+def test_flightsql_parameters_reach_postgres_and_hybrid_queries(hybrid_server: ServerHandle) -> None:
+    with connect(hybrid_server) as connection, connection.cursor() as cur:
+        cur.execute("SELECT id, name FROM postgres.public.projects WHERE id = ?", ("proj-001",))
+        [(project, name)] = cur.fetchall()
+        cur.execute(
+            "SELECT p.name, count(*) AS n FROM postgres.public.projects p "
+            "JOIN duckdb.main.cdx_records c ON c.project_id = p.id WHERE p.id = ? GROUP BY 1",
+            (project,),
+        )
+        [(joined, count)] = cur.fetchall()
+    assert project == "proj-001" and joined == name and count > 0
+
+
+def test_flightsql_placeholders_bind_in_text_order(conn: Any) -> None:
+    with conn.cursor() as cur:
+        cur.execute("SELECT ? AS first, (SELECT ? || 'z') AS second, coalesce(NULL, ?) AS third", ("a", "b", "c"))
+        assert cur.fetchone() == ("a", "bz", "c")
+
+
 def test_flightsql_analytics_view_in_a_larger_query_is_refused(conn: Any) -> None:
     with conn.cursor() as cur, pytest.raises(adbc_driver_manager.Error, match="SELECT \\* FROM analytics"):
         cur.execute("SELECT domain FROM analytics.domains_top WHERE domain = 'x'")

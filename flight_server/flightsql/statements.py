@@ -30,7 +30,7 @@ _QUALIFIED = re.compile(r'[\w"`]\s*\.\s*[A-Za-z_"`]')  # a dot between names, no
 
 def statement_command(text: str, catalog: Catalog, params: list[Any] | dict[str, Any] | None = None) -> Command:
     """The command a Flight SQL statement runs as (see module docstring)."""
-    if not _QUALIFIED.search(text):  # no dotted name: nothing to rewrite, skip the parse
+    if "?" not in text and not _QUALIFIED.search(text):  # nothing to rewrite: skip the parse
         return Command("sql", text, params or [])
     try:
         tree = sqlglot.parse_one(text, read="duckdb")
@@ -40,7 +40,7 @@ def statement_command(text: str, catalog: Catalog, params: list[Any] | dict[str,
         return Command("sql", text, params or [])
     engines: set[str] = set()
     views: list[exp.Table] = []
-    changed = False
+    changed = _number_placeholders(tree)
     for table in tree.find_all(exp.Table):
         qualifier_catalog, schema = table.catalog.lower(), table.db.lower()
         if not qualifier_catalog and not schema:
@@ -65,6 +65,14 @@ def statement_command(text: str, catalog: Catalog, params: list[Any] | dict[str,
         return _named_view(tree, views, catalog, params)
     engine = engines.pop() if len(engines) == 1 else "auto"
     return Command("sql", tree.sql(dialect="duckdb") if changed else text, params or [], engine=engine)
+
+
+def _number_placeholders(tree: Any) -> bool:
+    """`?` placeholders become `$1`, `$2`, ... in order (the form every engine path takes)."""
+    anonymous = [p for p in tree.find_all(exp.Placeholder, bfs=False) if not p.args.get("this")]
+    for number, node in enumerate(anonymous, start=1):
+        node.replace(exp.Placeholder(this=str(number)))
+    return bool(anonymous)
 
 
 def _named_view(
@@ -109,7 +117,7 @@ def parameter_schema(text: str) -> pa.Schema:
         return pa.schema([])
     names: list[str] = []
     positional = 0
-    for node in tree.find_all(exp.Placeholder) if tree is not None else []:
+    for node in tree.find_all(exp.Placeholder, bfs=False) if tree is not None else []:
         label = str(node.args.get("this") or "")
         if not label:
             positional += 1
