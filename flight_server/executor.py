@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -120,6 +121,7 @@ class QueryExecutor:
         self._syntax_error = syntax_error
         self._named_schemas: dict[str, pa.Schema] = {}
         self._described: dict[str, pa.Schema] = {}  # schema by cache key digest, oldest first
+        self._described_lock = threading.Lock()
         self._scoped_cache: tuple[frozenset[str], dict[str, str]] | None = None
         self._named_trees = {q.name: sqlglot.parse_one(q.sql, read="duckdb") for q in catalog}
 
@@ -307,12 +309,14 @@ class QueryExecutor:
         and data versions), so a repeated statement skips the engine's describe step.
         """
         key = self._key(plan, ctx)
-        schema = self._described.get(key.digest)
+        with self._described_lock:
+            schema = self._described.get(key.digest)
         if schema is None:
             schema = self.schema(plan)
-            if len(self._described) >= _DESCRIBED_MAX:
-                self._described.pop(next(iter(self._described)))
-            self._described[key.digest] = schema
+            with self._described_lock:
+                if len(self._described) >= _DESCRIBED_MAX:
+                    self._described.pop(next(iter(self._described)))
+                self._described[key.digest] = schema
         return schema, self.cache.peek(key, plan.command.cache)
 
     def open(self, plan: Plan, ctx: RequestContext, *, count_use: bool = True) -> OpenResult:
