@@ -71,7 +71,7 @@ class FlightSqlService:
                 raise InvalidArgument("the statement has parameters: bind their values (DoPut) before executing it")
             plan = self.app.executor.plan(statement.commands()[0], ctx)
             schema, cache = self.app.executor.describe(plan, ctx)
-            schema = client_schema(schema) if statement.rows else statement.dataset_schema
+            schema = client_schema(schema)
             handle = {"prepared": statement.handle.hex(), "query_id": plan.query_id}
         else:
             raise InvalidArgument(f"{name} is not a query; GetFlightInfo takes queries and metadata commands")
