@@ -138,8 +138,9 @@ class Authenticator:
 
     def login(self, basic: str) -> str:
         """The bearer token for an `authorization: Basic ...` header value."""
+        padded = basic + "=" * (-len(basic) % 4)  # Go Flight clients send base64 without padding
         try:
-            username, _, password = base64.b64decode(basic, validate=True).decode().partition(":")
+            username, _, password = base64.b64decode(padded, validate=True).decode().partition(":")
         except (ValueError, UnicodeDecodeError):
             raise Unauthenticated("malformed basic credentials") from None
         user = self._lookup_user(username) if self._lookup_user else None

@@ -61,10 +61,15 @@ class RunningQuery:
 
 
 class RunningQueries:
-    """Registry of running queries with a watchdog that enforces deadlines."""
+    """Registry of running queries with a watchdog that enforces deadlines.
+
+    The watchdog also stops a query whose client has gone away (`watch_client`), so a
+    client that cancels its call frees the engine at once, not at the deadline.
+    """
 
     def __init__(self, tick_s: float = 0.05) -> None:
         self._queries: dict[str, RunningQuery] = {}
+        self._clients: dict[str, Callable[[], bool]] = {}
         self._lock = threading.Lock()
         self._tick_s = tick_s
         self._closed = threading.Event()
@@ -78,6 +83,15 @@ class RunningQueries:
     def remove(self, query_id: str) -> None:
         with self._lock:
             self._queries.pop(query_id, None)
+
+    def watch_client(self, query_id: str, gone: Callable[[], bool]) -> None:
+        """Stop query `query_id` once `gone()` is true (until `unwatch_client`)."""
+        with self._lock:
+            self._clients[query_id] = gone
+
+    def unwatch_client(self, query_id: str) -> None:
+        with self._lock:
+            self._clients.pop(query_id, None)
 
     def cancel(self, query_id: str) -> bool:
         with self._lock:
@@ -97,6 +111,10 @@ class RunningQueries:
         with self._lock:
             return len(self._queries)
 
+    def __contains__(self, query_id: object) -> bool:
+        with self._lock:
+            return query_id in self._queries
+
     def close(self) -> None:
         self._closed.set()
         self._thread.join(timeout=1)
@@ -106,5 +124,9 @@ class RunningQueries:
             now = time.monotonic()
             with self._lock:
                 overdue = [q for q in self._queries.values() if q.deadline <= now]
+                watched = [(self._queries[i], gone) for i, gone in self._clients.items() if i in self._queries]
             for query in overdue:
                 query.stop("deadline")
+            for query, gone in watched:
+                if gone():
+                    query.stop("cancelled")

@@ -288,6 +288,14 @@ class DatasetRegistry:
         with self._lock:
             self._retired.append((time.monotonic(), [dataset.directory / f.path for f in old]))
 
+    def replace_all(self, dataset: Dataset, schema: pa.Schema, files: list[DataFile]) -> None:
+        """Make `files` the dataset's only files, under `schema`, atomically; the old files retire."""
+        with dataset.lock:
+            old = list(dataset.files)
+            self._publish(dataset, schema, files)
+        with self._lock:
+            self._retired.append((time.monotonic(), [dataset.directory / f.path for f in old]))
+
     def _publish(self, dataset: Dataset, schema: pa.Schema, files: list[DataFile]) -> None:
         """Commit a new file list: the manifest first (the durable commit), then the view.
 

@@ -59,6 +59,10 @@ class Cancelled(ChronoError):
     status = "cancelled"
 
 
+class Unimplemented(ChronoError):
+    status = "unimplemented"
+
+
 class InternalError(ChronoError):
     status = "internal"
 
@@ -93,9 +97,17 @@ class _NotFoundStatus(KeyError):
         return str(self.args[0]) if self.args else ""
 
 
+class _UnimplementedStatus(NotImplementedError):
+    """pyarrow sends a NotImplementedError as UNIMPLEMENTED."""
+
+
 # pyarrow appends "Python exception: <type>: <message>" to the status; plain type
 # names keep that suffix free of internal module paths.
-for _wire, _name in ((_InvalidArgumentStatus, "InvalidArgument"), (_NotFoundStatus, "NotFound")):
+for _wire, _name in (
+    (_InvalidArgumentStatus, "InvalidArgument"),
+    (_NotFoundStatus, "NotFound"),
+    (_UnimplementedStatus, "Unimplemented"),
+):
     _wire.__module__, _wire.__qualname__, _wire.__name__ = "builtins", _name, _name
 
 
@@ -114,6 +126,8 @@ def to_flight_error(exc: BaseException) -> BaseException:
             return _InvalidArgumentStatus(exc.message)
         if exc.status == "not_found":
             return _NotFoundStatus(exc.message)
+        if exc.status == "unimplemented":
+            return _UnimplementedStatus(exc.message)
         if exc.status == "resource_exhausted":
             exhausted: BaseException = flight.FlightServerError(f"RESOURCE_EXHAUSTED: {exc.message}")
             return exhausted

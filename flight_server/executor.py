@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -47,6 +48,7 @@ _SAMPLE_VALUES: dict[str, Any] = {
 }
 
 
+_DESCRIBED_MAX = 1024  # schemas remembered by `describe`
 RAW_SQL_TTL_S = 300  # raw SQL and whole datasets; data versions keep them correct
 _CACHED_AT = b"chrono:cached_at"  # schema metadata of a cached result: when it was computed
 
@@ -140,6 +142,8 @@ class QueryExecutor:
         self.hybrid = hybrid
         self._syntax_error = syntax_error
         self._named_schemas: dict[str, pa.Schema] = {}
+        self._described: dict[str, pa.Schema] = {}  # schema by cache key digest, oldest first
+        self._described_lock = threading.Lock()
         self._scoped_cache: tuple[frozenset[str], dict[str, str]] | None = None
         self._named_trees = {q.name: sqlglot.parse_one(q.sql, read="duckdb") for q in catalog}
         self.replicas: ReplicaRouter | None = None  # set when PostgreSQL is replicated into DuckDB
@@ -351,6 +355,23 @@ class QueryExecutor:
     def cache_status(self, plan: Plan, ctx: RequestContext) -> str:
         """What the cache would answer for this plan now (for FlightInfo; not counted)."""
         return self.cache.peek(self._key(plan, ctx), plan.command.cache)
+
+    def describe(self, plan: Plan, ctx: RequestContext) -> tuple[pa.Schema, str]:
+        """The plan's result schema and cache status, for a FlightInfo.
+
+        Schemas are remembered by the plan's cache key (SQL, parameters, engine, scope
+        and data versions), so a repeated statement skips the engine's describe step.
+        """
+        key = self._key(plan, ctx)
+        with self._described_lock:
+            schema = self._described.get(key.digest)
+        if schema is None:
+            schema = self.schema(plan)
+            with self._described_lock:
+                if len(self._described) >= _DESCRIBED_MAX:
+                    self._described.pop(next(iter(self._described)))
+                self._described[key.digest] = schema
+        return schema, self.cache.peek(key, plan.command.cache)
 
     def open(self, plan: Plan, ctx: RequestContext, *, count_use: bool = True) -> OpenResult:
         """Serve from the cache, or run the query (once for concurrent identical misses)."""

@@ -138,11 +138,25 @@ class IngestService:
             raise InvalidArgument(f"'{name}' is already a table of engine {owner}; choose another dataset name")
         return self.datasets.get_or_new(name)
 
-    def put(self, raw_name: object, reader: Any, cancelled: Callable[[], bool] = lambda: False) -> dict[str, Any]:
-        """Stream a DoPut into its dataset; the put result once it is durable and visible."""
+    def put(
+        self,
+        raw_name: object,
+        reader: Any,
+        cancelled: Callable[[], bool] = lambda: False,
+        *,
+        replace: bool = False,
+    ) -> dict[str, Any]:
+        """Stream a DoPut into its dataset; the put result once it is durable and visible.
+
+        `replace` swaps the dataset's files and schema for the put's in one commit
+        (datasets without a base table only).
+        """
         self.datasets.sweep_retired()
         dataset = self.resolve(raw_name)
-        conformer = Conformer(reader.schema, dataset, self.settings.max_columns, self.settings.max_nesting_depth)
+        if replace and dataset.base is not None:
+            raise InvalidArgument(f"dataset '{dataset.name}' has a base table and cannot be replaced; append instead")
+        target = Dataset(dataset.name, dataset.directory) if replace else dataset
+        conformer = Conformer(reader.schema, target, self.settings.max_columns, self.settings.max_nesting_depth)
         prefix = f"put-{uuid.uuid4().hex[:16]}"
         sink = ParquetSink(dataset.directory, prefix, conformer.schema, self.settings, conformer.partition_of)
         rows = size = 0
@@ -160,10 +174,13 @@ class IngestService:
                 sink.write(*conformer.conform(batch))
             if cancelled():
                 raise Cancelled("the client went away before the put finished; nothing was stored")
-            files = sink.finish(ensure_file=dataset.schema is None)
+            files = sink.finish(ensure_file=replace or dataset.schema is None)
             if cancelled():
                 raise Cancelled("the client went away before the put finished; nothing was stored")
-            self.datasets.commit(dataset, conformer.schema, files)
+            if replace:
+                self.datasets.replace_all(dataset, conformer.schema, files)
+            else:
+                self.datasets.commit(dataset, conformer.schema, files)
         except BaseException as exc:
             sink.abort()
             raise _storage_error(exc) from None

@@ -20,7 +20,11 @@ from flight_server.app import App
 from flight_server.commands import Command, dataset_command, parse_command
 from flight_server.context import Caller, RequestContext
 from flight_server.errors import ChronoError, InvalidArgument, NotFound, ResourceExhausted, to_flight_error
-from flight_server.executor import OpenResult
+from flight_server.executor import OpenResult, Plan
+from flight_server.flightsql.actions import SQL_ACTIONS
+from flight_server.flightsql.protocol import unpack_command
+from flight_server.flightsql.service import FlightSqlService
+from flight_server.flightsql.types import conform_result
 from flight_server.live import parse_subscription
 from flight_server.security import (
     AuthMiddlewareFactory,
@@ -56,6 +60,7 @@ class ChronoFlightServer(flight.FlightServerBase):  # type: ignore[misc]
         kwargs.setdefault("auth_handler", HeaderAuthHandler())
         super().__init__(location or f"{scheme}://{settings.host}:{settings.port}", **tls, **kwargs)
         self.app = app
+        self.sql = FlightSqlService(app)
 
     # -- plumbing --------------------------------------------------------------------
 
@@ -104,6 +109,13 @@ class ChronoFlightServer(flight.FlightServerBase):  # type: ignore[misc]
             },
         )
 
+    @staticmethod
+    def _sql_command(descriptor: flight.FlightDescriptor) -> Any:
+        """The Flight SQL command of a descriptor; None for JSON commands and paths."""
+        if descriptor.descriptor_type != flight.DescriptorType.CMD:
+            return None
+        return unpack_command(descriptor.command)
+
     def _command(self, descriptor: flight.FlightDescriptor) -> Command:
         if descriptor.descriptor_type == flight.DescriptorType.CMD:
             return parse_command(descriptor.command)
@@ -117,6 +129,11 @@ class ChronoFlightServer(flight.FlightServerBase):  # type: ignore[misc]
         self, context: flight.ServerCallContext, descriptor: flight.FlightDescriptor
     ) -> flight.FlightInfo:
         def handle(ctx: RequestContext) -> flight.FlightInfo:
+            sql_command = self._sql_command(descriptor)
+            if sql_command is not None:
+                info, label, fields = self.sql.flight_info(sql_command, descriptor, ctx)
+                self._log(ctx, label, "ok", **fields)
+                return info
             command = self._command(descriptor)
             plan = self.app.executor.plan(command, ctx)
             schema = self.app.executor.schema(plan)
@@ -136,6 +153,11 @@ class ChronoFlightServer(flight.FlightServerBase):  # type: ignore[misc]
 
     def get_schema(self, context: flight.ServerCallContext, descriptor: flight.FlightDescriptor) -> flight.SchemaResult:
         def handle(ctx: RequestContext) -> flight.SchemaResult:
+            sql_command = self._sql_command(descriptor)
+            if sql_command is not None:
+                result = flight.SchemaResult(self.sql.schema(sql_command, ctx))
+                self._log(ctx, sql_command.DESCRIPTOR.name, "ok")
+                return result
             plan = self.app.executor.plan(self._command(descriptor), ctx)
             schema = self.app.executor.schema(plan)
             self._log(ctx, plan.label, "ok", engine=plan.engine)
@@ -145,18 +167,38 @@ class ChronoFlightServer(flight.FlightServerBase):  # type: ignore[misc]
 
     def do_get(self, context: flight.ServerCallContext, ticket: flight.Ticket) -> flight.FlightDataStream:
         def handle(ctx: RequestContext) -> flight.FlightDataStream:
-            plan = self.app.executor.plan(parse_command(ticket.ticket), ctx)
-            self.app.limits.acquire(ctx.caller)
-            try:
-                result = self.app.executor.open(plan, ctx)
-            except BaseException:
-                self.app.limits.release(ctx.caller)
-                raise
-            context.add_header("x-chrono-cache", result.cache)
-            context.add_header("x-chrono-query-id", plan.query_id)
-            return flight.GeneratorStream(result.schema, self._stream(ctx, result))
+            sql_command = unpack_command(ticket.ticket)
+            if sql_command is None:
+                return self._serve(context, ctx, self.app.executor.plan(parse_command(ticket.ticket), ctx))
+            target = self.sql.ticket(sql_command, ctx)
+            if isinstance(target, Plan):
+                return self._serve(context, ctx, target, client_types=True)
+            budget = _Budget.for_caller(ctx.caller, self.app.settings)
+            for batch in target.to_batches():
+                budget.spend(batch)
+            self._log(ctx, sql_command.DESCRIPTOR.name, "ok", rows=target.num_rows, bytes=target.nbytes)
+            return flight.RecordBatchStream(target)
 
         return self._rpc("DoGet", context, "get", handle)
+
+    def _serve(
+        self, context: flight.ServerCallContext, ctx: RequestContext, plan: Plan, client_types: bool = False
+    ) -> flight.FlightDataStream:
+        """Open a plan's result (a client that goes away meanwhile stops it) and stream it."""
+        self.app.limits.acquire(ctx.caller)
+        self.app.running.watch_client(plan.query_id, context.is_cancelled)
+        try:
+            result = self.app.executor.open(plan, ctx)
+        except BaseException:
+            self.app.limits.release(ctx.caller)
+            raise
+        finally:
+            self.app.running.unwatch_client(plan.query_id)
+        if client_types:
+            result = conform_result(result)
+        context.add_header("x-chrono-cache", result.cache)
+        context.add_header("x-chrono-query-id", plan.query_id)
+        return flight.GeneratorStream(result.schema, self._stream(ctx, result))
 
     def _stream(self, ctx: RequestContext, result: OpenResult) -> Iterator[Any]:
         """First batch with the metadata, then the rest straight from the C++ reader.
@@ -205,6 +247,12 @@ class ChronoFlightServer(flight.FlightServerBase):  # type: ignore[misc]
         writer: flight.FlightMetadataWriter,
     ) -> None:
         def handle(ctx: RequestContext) -> None:
+            sql_command = self._sql_command(descriptor)
+            if sql_command is not None:
+                answer, label, fields = self.sql.put(sql_command, reader, ctx, context.is_cancelled)
+                writer.write(pa.py_buffer(answer))
+                self._log(ctx, label, "ok", **fields)
+                return
             if descriptor.descriptor_type != flight.DescriptorType.PATH or len(descriptor.path) != 1:
                 raise InvalidArgument("DoPut takes FlightDescriptor.for_path(dataset), e.g. for_path('cdx_records')")
             require(ctx.caller, "ingest", "ingest data")
@@ -274,10 +322,16 @@ class ChronoFlightServer(flight.FlightServerBase):  # type: ignore[misc]
         self._rpc("DoExchange", context, "live", handle)
 
     def list_actions(self, context: flight.ServerCallContext) -> list[tuple[str, str]]:
-        return [(spec.name, spec.description) for spec in ACTIONS.values()]
+        listed = [(spec.name, spec.description) for spec in ACTIONS.values()]
+        return listed + [(name, description) for name, (description, _) in SQL_ACTIONS.items()]
 
     def do_action(self, context: flight.ServerCallContext, action: flight.Action) -> Iterator[bytes]:
         def handle(ctx: RequestContext) -> list[bytes]:
+            if action.type in SQL_ACTIONS:
+                body = action.body.to_pybytes() if action.body is not None else b""
+                results = SQL_ACTIONS[action.type][1](self.sql, ctx, body)
+                self._log(ctx, action.type, "ok")
+                return results
             spec = ACTIONS.get(action.type)
             if spec is None:
                 raise NotFound(f"unknown action '{action.type:.60}'; ListActions shows them: " + ", ".join(ACTIONS))

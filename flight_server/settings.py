@@ -132,6 +132,17 @@ class LimitSettings(BaseModel):
     )
 
 
+class FlightSqlSettings(BaseModel):
+    prepared_idle_s: float = Field(
+        600.0, gt=0, description="seconds a Flight SQL prepared statement lives unused before it is closed"
+    )
+    max_prepared_per_caller: int = Field(64, ge=1, description="most prepared statements one caller may hold open")
+    max_prepared: int = Field(4096, ge=1, description="most prepared statements the server holds open")
+    max_bind_rows: int = Field(
+        1000, ge=1, description="most parameter rows one bind may send (each row runs the statement once)"
+    )
+
+
 class TLSSettings(BaseModel):
     cert_file: Path | None = Field(None, description="PEM certificate of the Flight port; TLS is on when set")
     key_file: Path | None = Field(None, description="PEM private key of that certificate")
@@ -186,6 +197,7 @@ class Settings(BaseSettings):
     tls: TLSSettings = Field(default_factory=TLSSettings)  # type: ignore[arg-type]
     limits: LimitSettings = Field(default_factory=LimitSettings)  # type: ignore[arg-type]
     sync: SyncSettings = Field(default_factory=SyncSettings)  # type: ignore[arg-type]
+    flightsql: FlightSqlSettings = Field(default_factory=FlightSqlSettings)  # type: ignore[arg-type]
 
     @property
     def duckdb_path(self) -> Path:

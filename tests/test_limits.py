@@ -8,11 +8,11 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.flight as flight
 import pytest
-from test_security import SECRET, options, token
 
 from flight_server.settings import AuthSettings, CacheSettings, LimitSettings
 
 from conftest import ServerHandle, start_server, stop_server
+from test_security import SECRET, options, token
 
 
 def _get(handle: ServerHandle, command: dict[str, object], bearer: str) -> pa.Table:

@@ -1,0 +1,116 @@
+"""Dispatch of the ten Flight SQL metadata commands to metadata.py.
+
+GetFlightInfo answers with the command's result schema and one endpoint whose ticket
+is the command itself; GetSchema with the schema; DoGet runs the metadata function for
+the caller. Optional protobuf fields that are unset reach the functions as None.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from typing import Any
+
+import pyarrow as pa
+from google.protobuf.message import Message
+
+from flight_server.app import App
+from flight_server.context import RequestContext
+from flight_server.errors import Unimplemented
+from flight_server.flightsql import flight_sql_pb2 as sql
+from flight_server.security import require
+
+
+def _optional(message: Message, name: str) -> Any:
+    return getattr(message, name) if message.HasField(name) else None
+
+
+def _args(*names: str) -> Callable[[Any], list[Any]]:
+    """Arguments of a metadata function: the command's fields, optional ones as None."""
+
+    def extract(command: Any) -> list[Any]:
+        out = []
+        for name in names:
+            field = command.DESCRIPTOR.fields_by_name[name]
+            out.append(_optional(command, name) if field.has_presence else getattr(command, name))
+        return out
+
+    return extract
+
+
+# command -> (run function, schema function, arguments of the run function, of the schema function)
+_DISPATCH: dict[type[Message], tuple[str, str, Callable[[Any], list[Any]], Callable[[Any], list[Any]]]] = {
+    sql.CommandGetCatalogs: ("get_catalogs", "catalogs_schema", _args(), _args()),
+    sql.CommandGetDbSchemas: (
+        "get_db_schemas",
+        "db_schemas_schema",
+        _args("catalog", "db_schema_filter_pattern"),
+        _args(),
+    ),
+    sql.CommandGetTables: (
+        "get_tables",
+        "tables_schema",
+        lambda c: [
+            _optional(c, "catalog"),
+            _optional(c, "db_schema_filter_pattern"),
+            _optional(c, "table_name_filter_pattern"),
+            list(c.table_types),
+            c.include_schema,
+        ],
+        lambda c: [c.include_schema],
+    ),
+    sql.CommandGetTableTypes: ("get_table_types", "table_types_schema", _args(), _args()),
+    sql.CommandGetSqlInfo: ("get_sql_info", "sql_info_schema", lambda c: [list(c.info)], _args()),
+    sql.CommandGetXdbcTypeInfo: ("get_xdbc_type_info", "xdbc_type_info_schema", _args("data_type"), _args()),
+    sql.CommandGetPrimaryKeys: (
+        "get_primary_keys",
+        "primary_keys_schema",
+        _args("catalog", "db_schema", "table"),
+        _args(),
+    ),
+    sql.CommandGetExportedKeys: (
+        "get_exported_keys",
+        "foreign_keys_schema",
+        _args("catalog", "db_schema", "table"),
+        _args(),
+    ),
+    sql.CommandGetImportedKeys: (
+        "get_imported_keys",
+        "foreign_keys_schema",
+        _args("catalog", "db_schema", "table"),
+        _args(),
+    ),
+    sql.CommandGetCrossReference: (
+        "get_cross_reference",
+        "foreign_keys_schema",
+        _args("pk_catalog", "pk_db_schema", "pk_table", "fk_catalog", "fk_db_schema", "fk_table"),
+        _args(),
+    ),
+}
+
+
+class MetadataQueries:
+    def __init__(self, app: App) -> None:
+        self.app = app
+
+    def handles(self, command: Message) -> bool:
+        return type(command) in _DISPATCH
+
+    def schema(self, command: Message, ctx: RequestContext) -> pa.Schema:
+        require(ctx.caller, "metadata", "browse metadata")
+        _, schema_fn, _, schema_args = _DISPATCH[type(command)]
+        schema: pa.Schema = getattr(_module(), schema_fn)(*schema_args(command))
+        return schema
+
+    def run(self, command: Message, ctx: RequestContext) -> pa.Table:
+        require(ctx.caller, "metadata", "browse metadata")
+        run_fn, _, run_args, _ = _DISPATCH[type(command)]
+        table: pa.Table = getattr(_module(), run_fn)(self.app, ctx, *run_args(command))
+        return table
+
+
+def _module() -> Any:
+    try:
+        return importlib.import_module("flight_server.flightsql.metadata")
+    except ModuleNotFoundError:
+        raise Unimplemented("Flight SQL metadata is not available on this server yet") from None

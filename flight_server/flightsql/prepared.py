@@ -1,0 +1,95 @@
+"""Prepared statements of Flight SQL clients: handles tied to their caller, bounded, expiring.
+
+A handle is a random token. Only the caller that created it can use or close it; to
+anyone else it does not exist (NOT_FOUND). A statement unused for
+`FLIGHT_FLIGHTSQL__PREPARED_IDLE_S` is dropped; each caller may hold
+`FLIGHT_FLIGHTSQL__MAX_PREPARED_PER_CALLER` and the server `FLIGHT_FLIGHTSQL__MAX_PREPARED`
+(RESOURCE_EXHAUSTED past either). Bound parameter rows live with the statement until
+the next bind replaces them.
+"""
+
+from __future__ import annotations
+
+import secrets
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyarrow as pa
+
+from flight_server.commands import Command
+from flight_server.context import Caller
+from flight_server.errors import NotFound, ResourceExhausted
+from flight_server.settings import FlightSqlSettings
+
+
+@dataclass
+class PreparedStatement:
+    handle: bytes
+    owner: Caller
+    command: Command  # the statement as a command, without parameters
+    dataset_schema: pa.Schema
+    parameter_schema: pa.Schema
+    rows: list[list[Any] | dict[str, Any]] = field(default_factory=list)  # bound parameter rows
+    last_used: float = field(default_factory=time.monotonic)
+
+    def commands(self) -> list[Command]:
+        """One command per bound parameter row (one without parameters when none are bound)."""
+        if not self.rows:
+            return [self.command]
+        return [
+            Command(self.command.kind, self.command.target, row, self.command.engine, self.command.cache)
+            for row in self.rows
+        ]
+
+
+class PreparedStatements:
+    def __init__(self, settings: FlightSqlSettings) -> None:
+        self.settings = settings
+        self._lock = threading.Lock()
+        self._statements: dict[bytes, PreparedStatement] = {}
+
+    def create(
+        self, caller: Caller, command: Command, dataset_schema: pa.Schema, parameter_schema: pa.Schema
+    ) -> PreparedStatement:
+        with self._lock:
+            self._expire()
+            if len(self._statements) >= self.settings.max_prepared:
+                raise ResourceExhausted(
+                    f"the server holds {self.settings.max_prepared} prepared statements; close some or retry later"
+                )
+            mine = sum(1 for s in self._statements.values() if s.owner == caller)
+            if mine >= self.settings.max_prepared_per_caller:
+                raise ResourceExhausted(
+                    f"you hold {mine} prepared statements, the most allowed; close some (ClosePreparedStatement)"
+                )
+            statement = PreparedStatement(secrets.token_bytes(16), caller, command, dataset_schema, parameter_schema)
+            self._statements[statement.handle] = statement
+            return statement
+
+    def get(self, caller: Caller, handle: bytes) -> PreparedStatement:
+        """The caller's statement with this handle (its idle clock restarts)."""
+        with self._lock:
+            self._expire()
+            statement = self._statements.get(handle)
+            if statement is None or statement.owner != caller:
+                raise NotFound("unknown or expired prepared statement handle; prepare the statement again")
+            statement.last_used = time.monotonic()
+            return statement
+
+    def close(self, caller: Caller, handle: bytes) -> None:
+        with self._lock:
+            statement = self._statements.get(handle)
+            if statement is None or statement.owner != caller:
+                raise NotFound("unknown or expired prepared statement handle")
+            del self._statements[handle]
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._statements)
+
+    def _expire(self) -> None:
+        cutoff = time.monotonic() - self.settings.prepared_idle_s
+        for handle in [h for h, s in self._statements.items() if s.last_used < cutoff]:
+            del self._statements[handle]

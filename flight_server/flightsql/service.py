@@ -1,0 +1,229 @@
+"""Flight SQL requests, decoded by server.py, answered through the project's own paths.
+
+Statements become the same `Command`s JSON clients send (statements.py) and are
+planned by `app.executor`, so router, cache, scoping, limits, audit and metrics apply
+alike. A statement's ticket is a `TicketStatementQuery` whose handle is JSON: the
+command and the query id its FlightInfo announced (or a prepared statement's handle).
+DoGet authorizes the caller again and plans the command anew for that caller.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.flight as flight
+from google.protobuf.message import Message
+
+from flight_server.app import App
+from flight_server.commands import Command, parse_command
+from flight_server.context import RequestContext
+from flight_server.errors import Cancelled, InvalidArgument
+from flight_server.executor import Plan
+from flight_server.flightsql import flight_sql_pb2 as sql
+from flight_server.flightsql.browse import MetadataQueries
+from flight_server.flightsql.cancel import QueryTickets
+from flight_server.flightsql.ingest import ingest
+from flight_server.flightsql.prepared import PreparedStatement, PreparedStatements
+from flight_server.flightsql.protocol import pack, unpack_body, unpack_command
+from flight_server.flightsql.statements import bind_rows, parameter_schema, statement_command
+from flight_server.flightsql.types import client_schema
+from flight_server.security import require
+
+READ_ONLY = (
+    "this server is read-only for SQL statements: send queries (SELECT), "
+    "and load data with bulk ingest (CommandStatementIngest)"
+)
+REFUSED = {
+    "CommandStatementUpdate": READ_ONLY,
+    "CommandPreparedStatementUpdate": READ_ONLY,
+    "CommandStatementSubstraitPlan": "Substrait plans are not supported; send SQL (CommandStatementQuery)",
+}
+
+
+class FlightSqlService:
+    def __init__(self, app: App) -> None:
+        self.app = app
+        self.prepared = PreparedStatements(app.settings.flightsql)
+        self.tickets = QueryTickets()
+        self.metadata = MetadataQueries(app)
+
+    # -- GetFlightInfo / GetSchema -----------------------------------------------------
+
+    def flight_info(
+        self, command: Message, descriptor: flight.FlightDescriptor, ctx: RequestContext
+    ) -> tuple[flight.FlightInfo, str, dict[str, Any]]:
+        """The FlightInfo of a command, its label for logs and the fields to log."""
+        name = _refuse(command)
+        if self.metadata.handles(command):
+            schema = self.metadata.schema(command, ctx)
+            endpoint = flight.FlightEndpoint(pack(command), [])
+            return flight.FlightInfo(schema, descriptor, [endpoint], -1, -1), name, {}
+        if isinstance(command, sql.CommandStatementQuery):
+            plan = self.app.executor.plan(self._statement(command.query, command), ctx)
+            schema, cache = self.app.executor.describe(plan, ctx)
+            schema = client_schema(schema)
+            handle = {"command": json.loads(plan.command.to_json()), "query_id": plan.query_id}
+        elif isinstance(command, sql.CommandPreparedStatementQuery):
+            statement = self.prepared.get(ctx.caller, command.prepared_statement_handle)
+            if len(statement.parameter_schema) and not statement.rows:
+                raise InvalidArgument("the statement has parameters: bind their values (DoPut) before executing it")
+            plan = self.app.executor.plan(statement.commands()[0], ctx)
+            schema, cache = self.app.executor.describe(plan, ctx)
+            schema = client_schema(schema)
+            handle = {"prepared": statement.handle.hex(), "query_id": plan.query_id}
+        else:
+            raise InvalidArgument(f"{name} is not a query; GetFlightInfo takes queries and metadata commands")
+        self.tickets.announce(plan.query_id, ctx.caller)
+        ticket = pack(sql.TicketStatementQuery(statement_handle=json.dumps(handle).encode()))
+        metadata = plan.metadata(cache)
+        info = flight.FlightInfo(
+            schema,
+            descriptor,
+            [flight.FlightEndpoint(ticket, [])],
+            -1,
+            -1,
+            app_metadata=json.dumps(metadata, separators=(",", ":")).encode(),
+        )
+        return info, plan.label, {"engine": plan.engine}
+
+    def schema(self, command: Message, ctx: RequestContext) -> pa.Schema:
+        name = _refuse(command)
+        if self.metadata.handles(command):
+            return self.metadata.schema(command, ctx)
+        if isinstance(command, sql.CommandStatementQuery):
+            plan = self.app.executor.plan(self._statement(command.query, command), ctx)
+            return client_schema(self.app.executor.schema(plan))
+        if isinstance(command, sql.CommandPreparedStatementQuery):
+            return self.prepared.get(ctx.caller, command.prepared_statement_handle).dataset_schema
+        raise InvalidArgument(f"{name} has no result schema")
+
+    def _statement(self, text: str, command: Message) -> Command:
+        if command.HasField("transaction_id"):
+            raise InvalidArgument("transactions are not supported: " + READ_ONLY)
+        return statement_command(text, self.app.catalog)
+
+    # -- DoGet -------------------------------------------------------------------------
+
+    def ticket(self, command: Message, ctx: RequestContext) -> Plan | pa.Table:
+        """What a DoGet runs: a plan for the shared streaming path, or a finished table."""
+        if self.metadata.handles(command):
+            return self.metadata.run(command, ctx)
+        if not isinstance(command, sql.TicketStatementQuery):
+            raise InvalidArgument(f"{command.DESCRIPTOR.name} is not a ticket; use the ticket of a FlightInfo")
+        try:
+            handle = json.loads(command.statement_handle)
+            query_id = str(handle["query_id"])
+        except (ValueError, KeyError, TypeError):
+            raise InvalidArgument("malformed statement ticket; ask GetFlightInfo for a new one") from None
+        if self.tickets.cancelled(query_id):
+            raise Cancelled("the query was cancelled")
+        if self.tickets.owned_by(query_id, ctx.caller) and query_id not in self.app.running:
+            ctx.query_id = query_id  # the id its FlightInfo announced, so CancelFlightInfo finds it
+        if "prepared" in handle:
+            statement = self.prepared.get(ctx.caller, bytes.fromhex(str(handle["prepared"])))
+            commands = statement.commands()
+            if len(commands) > 1:
+                return self._run_many(commands, ctx)
+            return self.app.executor.plan(commands[0], ctx)
+        if "command" not in handle:
+            raise InvalidArgument("malformed statement ticket; ask GetFlightInfo for a new one")
+        return self.app.executor.plan(parse_command(json.dumps(handle["command"]).encode()), ctx)
+
+    def _run_many(self, commands: list[Command], ctx: RequestContext) -> pa.Table:
+        """A statement bound to many parameter rows: run once per row, results concatenated."""
+        tables = []
+        self.app.limits.acquire(ctx.caller)
+        try:
+            for command in commands:
+                plan = self.app.executor.plan(command, ctx)
+                table = self.app.executor.run_to_table(plan, ctx)
+                tables.append(table.cast(client_schema(table.schema)))
+        finally:
+            self.app.limits.release(ctx.caller)
+        return pa.concat_tables(tables, promote_options="permissive")
+
+    # -- DoPut -------------------------------------------------------------------------
+
+    def put(
+        self, command: Message, reader: flight.MetadataRecordBatchReader, ctx: RequestContext, cancelled: Any
+    ) -> tuple[bytes, str, dict[str, Any]]:
+        """The DoPut answer (PutResult metadata), a label and the fields to log."""
+        name = _refuse(command)
+        if isinstance(command, sql.CommandStatementIngest):
+            require(ctx.caller, "ingest", "ingest data")
+            result = ingest(self.app, command, reader, cancelled)
+            answer = sql.DoPutUpdateResult(record_count=result["rows"]).SerializeToString()
+            return answer, "ingest", {"dataset": command.table.lower(), "rows": result["rows"]}
+        if isinstance(command, sql.CommandPreparedStatementQuery):
+            statement = self.prepared.get(ctx.caller, command.prepared_statement_handle)
+            rows = self._bind(statement, reader.read_all())
+            answer = sql.DoPutPreparedStatementResult(prepared_statement_handle=statement.handle)
+            return answer.SerializeToString(), "bind", {"rows": rows}
+        raise InvalidArgument(f"{name} is not accepted by DoPut; bulk ingest takes CommandStatementIngest")
+
+    def _bind(self, statement: PreparedStatement, table: pa.Table) -> int:
+        limit = self.app.settings.flightsql.max_bind_rows
+        if table.num_rows > limit:
+            raise InvalidArgument(f"bind of {table.num_rows} parameter rows; at most {limit} per execution")
+        statement.rows = bind_rows(table, statement.parameter_schema)
+        return len(statement.rows)
+
+    # -- prepared statements (DoAction) ------------------------------------------------
+
+    def create_prepared(self, body: bytes, ctx: RequestContext) -> list[bytes]:
+        request = unpack_body(body, sql.ActionCreatePreparedStatementRequest)
+        require(ctx.caller, "sql", "run raw SQL")
+        command = self._statement(request.query, request)
+        parameters = parameter_schema(request.query)
+        probe = command
+        if len(parameters):
+            nulls: list[Any] | dict[str, Any] = (
+                [None] * len(parameters) if parameters.names[0].isdigit() else dict.fromkeys(parameters.names)
+            )
+            probe = Command(command.kind, command.target, nulls, command.engine, command.cache)
+        plan = self.app.executor.plan(probe, ctx)  # checks the statement now: bad SQL fails at prepare
+        dataset = client_schema(self.app.executor.schema(plan))
+        statement = self.prepared.create(ctx.caller, command, dataset, parameters)
+        result = sql.ActionCreatePreparedStatementResult(
+            prepared_statement_handle=statement.handle,
+            dataset_schema=dataset.serialize().to_pybytes(),
+            parameter_schema=parameters.serialize().to_pybytes(),
+        )
+        return [pack(result)]
+
+    def close_prepared(self, body: bytes, ctx: RequestContext) -> list[bytes]:
+        request = unpack_body(body, sql.ActionClosePreparedStatementRequest)
+        self.prepared.close(ctx.caller, request.prepared_statement_handle)
+        return []
+
+    # -- cancellation (DoAction) -------------------------------------------------------
+
+    def cancel(self, info: flight.FlightInfo, ctx: RequestContext) -> bool:
+        """Stop the query of a FlightInfo; False when it is none of the caller's queries."""
+        found = False
+        for endpoint in info.endpoints:
+            query_id = _ticket_query_id(endpoint.ticket.ticket)
+            if query_id is not None and self.tickets.may_cancel(query_id, ctx.caller):
+                self.tickets.cancel(query_id)
+                self.app.running.cancel(query_id)
+                found = True
+        return found
+
+
+def _refuse(command: Message) -> str:
+    name: str = command.DESCRIPTOR.name
+    if name in REFUSED:
+        raise InvalidArgument(REFUSED[name])
+    return name
+
+
+def _ticket_query_id(raw: bytes) -> str | None:
+    try:
+        command = unpack_command(raw)
+        if not isinstance(command, sql.TicketStatementQuery):
+            return None
+        return str(json.loads(command.statement_handle)["query_id"])
+    except (InvalidArgument, ValueError, KeyError, TypeError):
+        return None
