@@ -478,6 +478,7 @@ def test_sql_info_all_when_none_requested(app: App) -> None:
     assert info[9] is True and info[10] is True and info[11] is False
     assert info[5] is False and info[563] is False
     assert "SELECT" in info[508]
+    assert info[100] == int(app.settings.flightsql.prepared_idle_s * 1000)  # prepared handle timeout, ms
 
 
 def test_sql_info_skips_unknown_ids(app: App) -> None:

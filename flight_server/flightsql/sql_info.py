@@ -88,7 +88,8 @@ def _static_info(app: App) -> dict[int, tuple[int, Any]]:
         9: (BOOL, True),  # cancel
         10: (BOOL, True),  # bulk ingestion (CommandStatementIngest)
         11: (BOOL, False),  # transactions for bulk ingestion
-        100: (INT32, 0),  # prepared statement handle timeout (ms): none
+        # prepared statement handles close after this many idle milliseconds (each use resets it)
+        100: (INT32, min(2**31 - 1, int(app.settings.flightsql.prepared_idle_s * 1000))),
         101: (INT32, 0),  # transaction timeout (ms): none
         # SQL syntax
         500: (BOOL, False),  # DDL: catalogs
