@@ -92,6 +92,9 @@ class DuckDBEngine:
         self.refresh_tables()
 
     def _lock_down(self, data_dir: Path) -> None:
+        # footers of the dataset files are read once, not per query: ingested files are
+        # never rewritten in place (new names, then the manifest is swapped)
+        self._db.execute("SET parquet_metadata_cache = true")
         self._db.execute(f"SET allowed_directories = [{_sql_literal(str(data_dir))}]")
         self._db.execute("SET enable_external_access = false")
         self._db.execute("SET lock_configuration = true")

@@ -184,7 +184,8 @@ class FlightSqlService:
             )
             probe = Command(command.kind, command.target, nulls, command.engine, command.cache)
         plan = self.app.executor.plan(probe, ctx)  # checks the statement now: bad SQL fails at prepare
-        dataset = client_schema(self.app.executor.schema(plan))
+        # remembered by plan, so the GetFlightInfo that follows does not describe it again
+        dataset = client_schema(self.app.executor.describe(plan, ctx)[0])
         statement = self.prepared.create(ctx.caller, command, dataset, parameters)
         result = sql.ActionCreatePreparedStatementResult(
             prepared_statement_handle=statement.handle,
