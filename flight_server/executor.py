@@ -48,7 +48,8 @@ _SAMPLE_VALUES: dict[str, Any] = {
 }
 
 
-_DESCRIBED_MAX = 1024  # schemas remembered by `describe`
+_DESCRIBED_MAX = 1024  # schemas remembered by `describe`, and results known too large to cache
+_TOO_LARGE_MEMORY_S = 600.0  # how long a result too large to cache streams without trying again
 RAW_SQL_TTL_S = 300  # raw SQL and whole datasets; data versions keep them correct
 _CACHED_AT = b"chrono:cached_at"  # schema metadata of a cached result: when it was computed
 
@@ -144,6 +145,7 @@ class QueryExecutor:
         self._named_schemas: dict[str, pa.Schema] = {}
         self._described: dict[str, pa.Schema] = {}  # schema by cache key digest, oldest first
         self._described_lock = threading.Lock()
+        self._too_large: dict[str, float] = {}  # results that outgrew a cache entry: shape -> when
         self._scoped_cache: tuple[frozenset[str], dict[str, str]] | None = None
         self._named_trees = {q.name: sqlglot.parse_one(q.sql, read="duckdb") for q in catalog}
         self.replicas: ReplicaRouter | None = None  # set when PostgreSQL is replicated into DuckDB
@@ -387,13 +389,34 @@ class QueryExecutor:
             mode, status = "refresh", "miss"
         if status == "bypass":
             return self._start(plan)
+        shape = self._shape(plan, ctx)
+        if self._known_too_large(shape):  # stream at once instead of holding what cannot be stored
+            self.cache.note_too_large()
+            return self._start(plan, status)
         with self.cache.single_flight(key.digest, self.deadline_s) as leader:
             if not leader and mode == "use":
                 table, shared = self.cache.lookup(key, "use")
                 if table is not None:
                     table, _ = _unstamped(table)
                     return OpenResult(plan, table.schema, shared, batches=table.to_batches())
-            return self._run_and_store(plan, key, status)
+            return self._run_and_store(plan, key, status, shape)
+
+    @staticmethod
+    def _shape(plan: Plan, ctx: RequestContext) -> str:
+        """The query and its caller, whatever the data versions: what makes a result its size."""
+        return cache_key(plan.sql, plan.params, plan.engine, ctx.caller.scope, {}, 0).digest
+
+    def _known_too_large(self, shape: str) -> bool:
+        with self._described_lock:
+            seen = self._too_large.get(shape)
+        return seen is not None and time.monotonic() - seen < _TOO_LARGE_MEMORY_S
+
+    def _remember_too_large(self, shape: str) -> None:
+        with self._described_lock:
+            self._too_large.pop(shape, None)
+            if len(self._too_large) >= _DESCRIBED_MAX:
+                self._too_large.pop(next(iter(self._too_large)))
+            self._too_large[shape] = time.monotonic()
 
     @staticmethod
     def _too_old(plan: Plan, age_s: float) -> bool:
@@ -405,7 +428,7 @@ class QueryExecutor:
         bound = plan.command.max_staleness_s
         return bound is not None and plan.engine in ("postgres", "hybrid") and age_s > bound
 
-    def _start(self, plan: Plan) -> OpenResult:
+    def _start(self, plan: Plan, status: str = "bypass") -> OpenResult:
         started = time.monotonic()
         running = self._execute(plan)
         try:
@@ -413,13 +436,13 @@ class QueryExecutor:
             self.router.latency.record(plan.label, plan.engine, (time.monotonic() - started) * 1000)
         except StopIteration:
             running.close()
-            return OpenResult(plan, running.schema, "bypass")
+            return OpenResult(plan, running.schema, status)
         except BaseException as exc:
             running.close()
             raise running.translate(exc) from None
-        return OpenResult(plan, running.schema, "bypass", batches=first, running=running)
+        return OpenResult(plan, running.schema, status, batches=first, running=running)
 
-    def _run_and_store(self, plan: Plan, key: CacheKey, status: str) -> OpenResult:
+    def _run_and_store(self, plan: Plan, key: CacheKey, status: str, shape: str) -> OpenResult:
         """Read the result while it fits a cache entry; a complete one is stored.
 
         A larger result keeps streaming: the batches read so far go first, then the
@@ -445,6 +468,7 @@ class QueryExecutor:
             running.close()
             raise running.translate(exc) from None
         self.cache.note_too_large()
+        self._remember_too_large(shape)
         return OpenResult(plan, running.schema, status, batches=batches, running=running)
 
     def run_to_table(self, plan: Plan, ctx: RequestContext, *, count_use: bool = True) -> pa.Table:
