@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import threading
 from collections.abc import Iterator
@@ -277,3 +278,20 @@ def _unpack(raw: bytes, cls: Any) -> Any:
     message = cls()
     assert wrapper.Unpack(message)
     return message
+
+
+def test_flightsql_parameter_types_follow_the_compared_columns(server: ServerHandle, conn: Any) -> None:
+    query = (
+        "SELECT c.domain FROM cdx_records AS c WHERE c.status_code IN (?, ?) AND unix_timestamp BETWEEN ? AND ? "
+        "AND c.domain LIKE ? AND created_at >= ? AND upper(mime_type) = ?"
+    )
+    request = sql.ActionCreatePreparedStatementRequest(query=query)
+    [raw] = action(server.client, "CreatePreparedStatement", _pack(request))
+    result = _unpack(raw, sql.ActionCreatePreparedStatementResult)
+    parameters = pa.ipc.read_schema(pa.py_buffer(result.parameter_schema))
+    assert [f.type for f in parameters] == [
+        pa.int32(), pa.int32(), pa.int64(), pa.int64(), pa.string(), pa.timestamp("us"), pa.string(),
+    ]  # fmt: skip
+    with conn.cursor() as cur:  # typed values bind as they are
+        cur.execute(query, (200, 301, 0, 2**40, "%example%", dt.datetime(1990, 1, 1), "TEXT/HTML"))
+        assert cur.fetch_arrow_table().num_rows > 0

@@ -15,16 +15,18 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.flight as flight
 from google.protobuf.message import Message
+from sqlglot import exp
 
 from flight_server.app import App
 from flight_server.commands import Command, parse_command
 from flight_server.context import RequestContext
-from flight_server.errors import Cancelled, InvalidArgument
+from flight_server.errors import Cancelled, ChronoError, InvalidArgument
 from flight_server.executor import Plan
 from flight_server.flightsql import flight_sql_pb2 as sql
 from flight_server.flightsql.browse import MetadataQueries
 from flight_server.flightsql.cancel import QueryTickets
 from flight_server.flightsql.ingest import ingest
+from flight_server.flightsql.metadata import resolve_table
 from flight_server.flightsql.prepared import PreparedStatement, PreparedStatements
 from flight_server.flightsql.protocol import pack, unpack_body, unpack_command
 from flight_server.flightsql.statements import bind_rows, parameter_schema, statement_command
@@ -176,7 +178,7 @@ class FlightSqlService:
         request = unpack_body(body, sql.ActionCreatePreparedStatementRequest)
         require(ctx.caller, "sql", "run raw SQL")
         command = self._statement(request.query, request)
-        parameters = parameter_schema(request.query)
+        parameters = client_schema(parameter_schema(request.query, lambda table: self._table_schema(table, ctx)))
         probe = command
         if len(parameters):
             nulls: list[Any] | dict[str, Any] = (
@@ -193,6 +195,13 @@ class FlightSqlService:
             parameter_schema=parameters.serialize().to_pybytes(),
         )
         return [pack(result)]
+
+    def _table_schema(self, table: exp.Table, ctx: RequestContext) -> pa.Schema | None:
+        """A table's schema for typing parameters; None when it cannot be found."""
+        try:
+            return resolve_table(self.app, ctx, table.catalog or None, table.db or None, table.name).schema
+        except ChronoError:
+            return None
 
     def close_prepared(self, body: bytes, ctx: RequestContext) -> list[bytes]:
         request = unpack_body(body, sql.ActionClosePreparedStatementRequest)

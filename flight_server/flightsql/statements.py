@@ -12,6 +12,7 @@ audit treat both alike.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import Any
 
 import pyarrow as pa
@@ -104,18 +105,24 @@ def _named_view(
     return Command("query", name, {}, engine=engine if engine in ENGINE_SCHEMAS else "auto")
 
 
-def parameter_schema(text: str) -> pa.Schema:
-    """The statement's parameters: one nullable string field per placeholder.
+_COMPARISONS = (exp.EQ, exp.NEQ, exp.GT, exp.GTE, exp.LT, exp.LTE, exp.In, exp.Between, exp.Like, exp.ILike)
+SchemaOf = Callable[[exp.Table], "pa.Schema | None"]
+
+
+def parameter_schema(text: str, schema_of: SchemaOf | None = None) -> pa.Schema:
+    """The statement's parameters: one nullable field per placeholder.
 
     `?` placeholders are named 1, 2, ... in order; `$n` by their number and `$name` by
-    their name. Types are not inferred: clients bind values of their own types and the
-    engine casts them.
+    their name. A placeholder compared with a column (`=`, `<`, `IN`, `BETWEEN`, `LIKE`,
+    ...) takes that column's type, found through `schema_of(table)`; any other is a
+    string, which the engine casts.
     """
     try:
         tree = sqlglot.parse_one(text, read="duckdb")
     except sqlglot.errors.ParseError:
         return pa.schema([])
     names: list[str] = []
+    types: dict[str, pa.DataType] = {}
     positional = 0
     for node in tree.find_all(exp.Placeholder, bfs=False) if tree is not None else []:
         label = str(node.args.get("this") or "")
@@ -124,9 +131,34 @@ def parameter_schema(text: str) -> pa.Schema:
             label = str(positional)
         if label not in names:
             names.append(label)
+        kind = _compared_type(tree, node, schema_of) if schema_of is not None else None
+        if kind is not None:
+            types.setdefault(label, kind)
     if all(n.isdigit() for n in names):
         names = sorted(names, key=int)
-    return pa.schema([pa.field(n, pa.string()) for n in names])
+    return pa.schema([pa.field(n, types.get(n, pa.string())) for n in names])
+
+
+def _compared_type(tree: Any, node: exp.Placeholder, schema_of: SchemaOf) -> pa.DataType | None:
+    """The type of the column a placeholder is compared with, when there is one."""
+    comparison = node.parent
+    if isinstance(comparison, exp.Tuple):  # x IN (?, ?)
+        comparison = comparison.parent
+    if not isinstance(comparison, _COMPARISONS):
+        return None
+    column = comparison.this
+    if not isinstance(column, exp.Column):
+        column = comparison.args.get("expression")
+    if not isinstance(column, exp.Column):
+        return None
+    tables = list(tree.find_all(exp.Table))
+    if column.table:
+        tables = [t for t in tables if column.table.lower() in (t.alias_or_name.lower(), t.name.lower())]
+    for table in tables if len(tables) == 1 else []:
+        schema = schema_of(table)
+        if schema is not None and column.name in schema.names:
+            return schema.field(column.name).type
+    return None
 
 
 def bind_rows(table: pa.Table, schema: pa.Schema) -> list[list[Any] | dict[str, Any]]:
