@@ -72,5 +72,19 @@ BEGIN
 END
 $$;
 
+-- chrono_sync.untrack('projects') removes them again: for an administrator who turns the
+-- sync off on every server (nothing else deletes captured changes then)
+CREATE OR REPLACE FUNCTION chrono_sync.untrack(target TEXT) RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+    suffix TEXT;
+BEGIN
+    FOREACH suffix IN ARRAY ARRAY['i', 'u', 'd', 't'] LOOP
+        EXECUTE format('DROP TRIGGER IF EXISTS %I ON %I', 'chrono_sync_' || suffix, target);
+    END LOOP;
+    DELETE FROM chrono_sync.changes WHERE table_name = target;
+END
+$$;
+
 REVOKE ALL ON SCHEMA chrono_sync FROM PUBLIC;
 REVOKE ALL ON ALL TABLES IN SCHEMA chrono_sync FROM PUBLIC;

@@ -282,3 +282,15 @@ def test_sync_pointed_at_another_database_copies_everything_again(tmp_path: Path
         stop_server(handle)
         drop_database(first)
         drop_database(second)
+
+
+def test_sync_capture_can_be_removed_by_an_administrator(synced_server: ServerHandle) -> None:
+    uri = owner_uri(synced_server)
+    pg_exec(uri, "CREATE TABLE untracked_probe (id BIGINT PRIMARY KEY)", "SELECT chrono_sync.track('untracked_probe')")
+    try:
+        pg_exec(uri, "INSERT INTO untracked_probe VALUES (1)")
+        assert pg_exec(uri, "SELECT count(*) FROM chrono_sync.changes WHERE table_name = 'untracked_probe'") == [(1,)]
+        pg_exec(uri, "SELECT chrono_sync.untrack('untracked_probe')", "INSERT INTO untracked_probe VALUES (2)")
+        assert pg_exec(uri, "SELECT count(*) FROM chrono_sync.changes WHERE table_name = 'untracked_probe'") == [(0,)]
+    finally:
+        pg_exec(uri, "DROP TABLE untracked_probe")
