@@ -215,8 +215,46 @@ def run(location: str, uri: str, seconds: float, rate: int, reps: int) -> list[R
                reps, {"sql": ANALYTICAL, "replica_ms": [t * 1000 for t in ours],
                       "postgres_ms": [t * 1000 for t in theirs], "served_from_replica": on_replica})
     )  # fmt: skip
+    results.append(_capture_cost(uri, reps))
     client.close()
     return results
+
+
+_WRITE = (
+    "INSERT INTO {t} (project_id, domain_id, original_url, status) SELECT project_id, domain_id, "
+    "'https://cost.example/' || g, 'pending' FROM (SELECT project_id, domain_id FROM {t} LIMIT 1) s, "
+    "generate_series(1, 500) g",
+    "UPDATE {t} SET status = 'completed' WHERE id IN (SELECT id FROM {t} ORDER BY id LIMIT 400)",
+    "DELETE FROM {t} WHERE id IN (SELECT id FROM {t} WHERE original_url LIKE 'https://cost.example/%' LIMIT 100)",
+)
+
+
+def _capture_cost(uri: str, reps: int) -> Result:
+    """The same write transaction on scrape_pages with its capture triggers on and off, alternating.
+
+    Run last: changes made while the triggers are off never reach the replica.
+    """
+    timings: dict[bool, list[float]] = {True: [], False: []}
+    with pg.connect(uri, autocommit=True) as conn, conn.cursor() as cur:
+        for i in range(reps * 2 + 2):
+            for captured in (True, False) if i % 2 else (False, True):
+                cur.execute(f"ALTER TABLE scrape_pages {'ENABLE' if captured else 'DISABLE'} TRIGGER USER")
+                started = time.perf_counter()
+                cur.execute("BEGIN")
+                for statement in _WRITE:
+                    cur.execute(statement.format(t="scrape_pages"))
+                cur.execute("COMMIT")
+                if i >= 2:  # the first rounds warm up
+                    timings[captured].append(time.perf_counter() - started)
+        cur.execute("ALTER TABLE scrape_pages ENABLE TRIGGER USER")
+    ratios = [a / b for a, b in zip(timings[True], timings[False], strict=True)]
+    ratio = median(ratios)
+    captured, plain = median(timings[True]) * 1000, median(timings[False]) * 1000
+    return Result("B16", "cost of capture: a 1,000-row write transaction with the triggers on vs off",
+                  f"triggers off {plain:.1f} ms", f"triggers on {captured:.1f} ms", ratio, f"{ratio:.2f}x",
+                  "report", None, len(ratios),
+                  {"statements": [s.format(t="scrape_pages") for s in _WRITE], "on_ms": timings[True],
+                   "off_ms": timings[False]})  # fmt: skip
 
 
 def main(argv: Sequence[str] | None = None) -> int:
