@@ -197,9 +197,16 @@ class QueryExecutor:
         tree: Any = None,
         label: str = "sql",
     ) -> tuple[Route, Unavailable | None]:
-        """The router's choice; with PostgreSQL down and replicas kept, a provisional one."""
+        """The router's choice; with PostgreSQL down and replicas kept, a provisional one.
+
+        The hint `duckdb` over OLTP tables asks for their replicas: routed as `auto` here,
+        then `_use_replicas` holds the plan to them.
+        """
+        hint = command.engine
+        if hint == "duckdb" and self.replicas is not None and self.replicas.postgres_tables("hybrid", tables):
+            hint = "auto"
         try:
-            return self.router.route(tables, command.engine, declared=declared, tree=tree, label=label), None
+            return self.router.route(tables, hint, declared=declared, tree=tree, label=label), None
         except Unavailable as exc:
             if self.replicas is None or command.engine == "postgres" or "postgres" not in self.engines:
                 raise

@@ -4,7 +4,9 @@ After the router has chosen PostgreSQL (or a hybrid of both engines) for a query
 runs on DuckDB instead when every PostgreSQL table it reads has a replica whose
 staleness is within the caller's `max_staleness_s` (or `FLIGHT_SYNC__MAX_STALENESS_S`)
 and the query is analytical: lookups by key, an explicit engine hint `postgres`, a
-bound of 0 and queries that name `hashed_password` stay on PostgreSQL. When
+bound of 0 and queries that name `hashed_password` stay on PostgreSQL. The hint
+`duckdb` asks for the replicas whatever the query (within a bound, when one is given).
+When
 PostgreSQL is unavailable, a query that did not ask for a bound is answered from the
 replicas however stale, and says so; one that asked gets UNAVAILABLE instead.
 """
@@ -19,7 +21,7 @@ import sqlglot
 from sqlglot import exp
 from sqlglot.optimizer.scope import traverse_scope
 
-from flight_server.errors import Unavailable
+from flight_server.errors import InvalidArgument, Unavailable
 from flight_server.router import TableRegistry, query_shape
 from flight_server.sync.replica import SCHEMA
 
@@ -90,24 +92,29 @@ class ReplicaRouter:
             return None
         explicit = command.max_staleness_s is not None
         bound = command.max_staleness_s if command.max_staleness_s is not None else self._default_bound_s
+        forced = command.engine == "duckdb"  # the caller asks for the replicas
         wanted = self.postgres_tables(engine, tables)
-        if not wanted or _names_secret(tree):
+        if not wanted or (_names_secret(tree) and not forced):
             return None
         staleness = [self.sync.staleness(t) for t in wanted]
-        if any(s is None for s in staleness):
+        missing = [t for t, s in zip(wanted, staleness, strict=True) if s is None]
+        if missing and forced:
+            raise InvalidArgument(f"engine hint 'duckdb': {missing[0]} has no DuckDB replica now; use 'auto'")
+        if missing:
             return None
         worst = max(s for s in staleness if s is not None)
-        if postgres_down is not None:
+        if postgres_down is not None or forced:
+            why = f"{postgres_down}" if postgres_down is not None else "engine hint 'duckdb'"
             if explicit and worst > bound:
                 raise Unavailable(
-                    f"{postgres_down}; the replicas are {worst:.1f} s stale, over the max_staleness_s "
-                    f"{bound:g} asked for"
+                    f"{why}; the replicas are {worst:.1f} s stale, over the max_staleness_s {bound:g} asked for"
                 ) from None
+            said = "PostgreSQL unavailable" if postgres_down is not None else "engine hint 'duckdb'"
             return ReplicaChoice(
                 to_replicas(sql, tuple(sorted(wanted))),
                 wanted,
                 worst,
-                f"PostgreSQL unavailable; answered from DuckDB replicas {worst:.1f} s stale",
+                f"{said}; answered from DuckDB replicas {worst:.1f} s stale",
             )
         if bound <= 0 or worst > bound or query_shape(tree) == "lookup":
             return None

@@ -16,7 +16,7 @@ import pytest
 from tcp_proxy import TcpProxy
 
 from flight_server.errors import InvalidArgument, PermissionDenied
-from flight_server.settings import CacheSettings
+from flight_server.settings import CacheSettings, SyncSettings
 
 from conftest import (
     ServerHandle,
@@ -26,6 +26,9 @@ from conftest import (
     start_server,
     stop_server,
 )
+
+# PostgreSQL and hybrid routes are what these servers test: no replicas to answer instead
+NO_SYNC = SyncSettings(enabled=False)
 
 
 def _with_metadata(handle: ServerHandle, command: dict[str, Any]) -> tuple[pa.Table, dict[str, Any]]:
@@ -255,7 +258,11 @@ def own_database() -> Iterator[str]:
 
 def test_postgres_query_past_deadline_is_timed_out_and_pool_recovers(tmp_path: Path, own_database: str) -> None:
     handle = start_server(
-        tmp_path / "data", rows=0, query_deadline_s=0.5, postgres=pg_settings(own_database, pool_size=1)
+        tmp_path / "data",
+        rows=0,
+        query_deadline_s=0.5,
+        postgres=pg_settings(own_database, pool_size=1),
+        sync=NO_SYNC,
     )
     try:
         with pytest.raises(flight.FlightTimedOutError):
@@ -273,6 +280,7 @@ def test_postgres_outage_fails_fast_and_recovers_without_restart(tmp_path: Path,
         rows=2_000,
         cache=CacheSettings(warm_top_n=0, l1_max_entries=0),
         postgres=pg_settings(own_database, port=proxy.port, breaker_failures=2, breaker_open_s=0.5),
+        sync=NO_SYNC,
     )
     lookup = {"sql": "SELECT count(*) AS n FROM projects"}
     analytics = {"query": "domains.top", "params": {"limit": 3}}
@@ -307,6 +315,7 @@ def test_postgres_table_in_both_engines_routes_by_shape_and_falls_back(tmp_path:
         rows=2_000,
         cache=CacheSettings(warm_top_n=0, l1_max_entries=0),
         postgres=pg_settings(own_database, port=proxy.port, breaker_failures=1, breaker_open_s=30),
+        sync=NO_SYNC,
     )
     try:
         metrics = handle.get({"sql": "SELECT metric_id, metric_type, value FROM performance_metrics LIMIT 500"})
@@ -335,7 +344,11 @@ def test_postgres_table_in_both_engines_routes_by_shape_and_falls_back(tmp_path:
 
 def test_postgres_hybrid_named_query_stays_hybrid_when_tables_are_copied(tmp_path: Path, own_database: str) -> None:
     handle = start_server(
-        tmp_path / "data", rows=2_000, cache=CacheSettings(warm_top_n=0), postgres=pg_settings(own_database)
+        tmp_path / "data",
+        rows=2_000,
+        cache=CacheSettings(warm_top_n=0),
+        postgres=pg_settings(own_database),
+        sync=NO_SYNC,
     )
     try:
         cdx = handle.get({"sql": "SELECT * FROM cdx_records"})

@@ -6,6 +6,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+import pyarrow as pa
 import pyarrow.flight as flight
 import pytest
 from hypothesis import given, settings
@@ -196,3 +197,15 @@ def test_replica_rewrite_keeps_project_scoping() -> None:
     rewritten = to_replicas(scoped, ("projects", "scrape_pages"))
     assert "FROM replica.scrape_pages WHERE \"project_id\" IN ('proj-001')" in rewritten
     assert "FROM replica.projects WHERE \"id\" IN ('proj-001')" in rewritten
+
+
+def test_replica_engine_hint_duckdb_asks_for_the_replicas(replica_server: ProxiedSync) -> None:
+    handle = replica_server.handle
+    lookup = {"sql": "SELECT name FROM projects WHERE id = $1", "params": ["proj-001"], "cache": "bypass"}
+    table, meta = get_with_metadata(handle, {**lookup, "engine": "duckdb"})
+    assert meta["engine"] == "duckdb" and meta["replica"] is True and "engine hint 'duckdb'" in meta["reason"]
+    assert table.to_pylist() == get_with_metadata(handle, lookup)[0].to_pylist()  # the same row from PostgreSQL
+    with pytest.raises(flight.FlightUnavailableError, match="over the max_staleness_s 0 asked for"):
+        handle.get({**lookup, "engine": "duckdb", "max_staleness_s": 0})
+    with pytest.raises(pa.ArrowInvalid, match="admin_settings has no DuckDB replica"):  # INVALID_ARGUMENT
+        handle.get({"sql": "SELECT count(*) FROM admin_settings", "engine": "duckdb"})
