@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import duckdb
@@ -66,8 +66,8 @@ class ReplicaStore:
 
     def apply(
         self,
-        changes: dict[str, tuple[Iterable[str], str, pa.Table]],
-        replaced: dict[str, pa.Table],
+        changes: Mapping[str, tuple[Iterable[str], str, pa.Table]],
+        replaced: Mapping[str, pa.Table],
         state: dict[str, Any],
     ) -> None:
         """One transaction: replace whole tables, replace rows by key, record the state.
@@ -124,11 +124,6 @@ class ReplicaStore:
                 [SCHEMA],
             ).fetchall()
         return {str(t): [str(c) for c in cols] for t, cols in rows}
-
-    def count(self, table: str) -> int:
-        with self._cursor() as cur:
-            row = cur.execute(f'SELECT count(*) FROM {SCHEMA}."{table}"').fetchone()
-        return int(row[0]) if row else 0
 
     def query(self, sql: str, relations: dict[str, pa.Table] | None = None) -> list[tuple[Any, ...]]:
         with self._cursor() as cur:

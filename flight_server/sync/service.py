@@ -35,7 +35,7 @@ from flight_server.errors import ChronoError, InvalidArgument, Unavailable, one_
 from flight_server.settings import SyncSettings
 from flight_server.sync.replica import ReplicaStore
 from flight_server.sync.source import ChangeSource, Snapshot, TableShape
-from flight_server.sync.validate import check_table
+from flight_server.sync.validate import TableCheck, check_table
 
 logger = logging.getLogger(__name__)
 
@@ -131,9 +131,12 @@ class SyncService:
 
     def run_once(self) -> dict[str, Any]:
         """Bring the replicas to PostgreSQL's current state; what was applied."""
+        return self._locked_cycle(None, repair=False)[0]
+
+    def _locked_cycle(self, validate: list[str] | None, repair: bool) -> tuple[dict[str, Any], list[TableCheck]]:
         with self._lock:
             try:
-                result = self._cycle()
+                result = self._cycle(validate, repair)
             except (adbc_driver_manager.Error, OSError, Unavailable) as exc:
                 self._failed(exc)
                 raise Unavailable(f"sync paused: PostgreSQL is unavailable ({self._last_error})") from None
@@ -149,7 +152,8 @@ class SyncService:
             self._paused_since = time.time()
             logger.warning("sync paused", extra={"fields": {"error": self._last_error}})
 
-    def _cycle(self) -> dict[str, Any]:
+    def _cycle(self, validate: list[str] | None, repair: bool) -> tuple[dict[str, Any], list[TableCheck]]:
+        """One snapshot: apply what changed, then compare the `validate` tables in that same snapshot."""
         if not self._tracked:
             tracked = self._source.install(self._wanted)
             if self._position is not None and self._source.position_lost(self._consumer, self.settings.retention_s):
@@ -178,8 +182,14 @@ class SyncService:
             self.counters["cycles"] += 1
             if since is not None and total:
                 self._record_lags(snap.change_times(since, self._tracked))
+            checks = [
+                check_table(self._store, shapes[t], snap.rows(shapes[t]), self.settings.validate_ranges, repair)
+                for t in validate or []
+                if t in shapes and t not in self._retry
+            ]
         self._advance(bool(applied))
-        return {"snapshot": self._position, "changes": total, "applied": applied, "copied": sorted(copies)}
+        result = {"snapshot": self._position, "changes": total, "applied": applied, "copied": sorted(copies)}
+        return result, checks
 
     def _apply(
         self,
@@ -189,30 +199,14 @@ class SyncService:
         incremental: dict[str, frozenset[str]],
     ) -> dict[str, int]:
         """Write everything in batches; the last transaction records the new position."""
-        batches: list[tuple[dict[str, Any], dict[str, pa.Table]]] = []
-        current: dict[str, Any] = {}
-        size = 0
-        for table, keys in sorted(incremental.items()):
-            ordered = sorted(keys)
-            for start in range(0, len(ordered), self.settings.batch_keys):
-                chunk = ordered[start : start + self.settings.batch_keys]
-                if size and size + len(chunk) > self.settings.batch_keys:
-                    batches.append((current, {}))
-                    current, size = {}, 0
-                current[table] = (chunk, shapes[table].key_type, chunk)
-                size += len(chunk)
-                if size >= self.settings.batch_keys:
-                    batches.append((current, {}))
-                    current, size = {}, 0
-        batches.append((current, {}))
-        for table, rows in copies.items():  # whole copies ride with the batch that records the position
-            batches[-1][1][table] = rows
+        batches = self._batches(incremental)
         applied: dict[str, int] = {}
-        for i, (changes, replaced) in enumerate(batches):
+        for i, changes in enumerate(batches):
             last = i == len(batches) - 1
+            replaced = copies if last else {}  # whole copies ride with the batch that records the position
             rows = {
-                t: (keys, kind, snap.rows(shapes[t], keys))
-                for t, (keys, kind, _) in changes.items()
+                t: (keys, shapes[t].key_type, snap.rows(shapes[t], keys))
+                for t, keys in changes.items()
                 if t not in self._retry
             }
             try:
@@ -240,6 +234,19 @@ class SyncService:
             self.counters["changes_applied"] += sum(len(k) for k, _, _ in rows.values())
             self.counters["table_copies"] += len(replaced)
         return applied
+
+    def _batches(self, incremental: dict[str, frozenset[str]]) -> list[dict[str, list[str]]]:
+        """Changed keys by table, in batches of at most `batch_keys` keys (the last may be empty)."""
+        batches: list[dict[str, list[str]]] = [{}]
+        size = 0
+        for table, keys in sorted(incremental.items()):
+            for key in sorted(keys):
+                if size == self.settings.batch_keys:
+                    batches.append({})
+                    size = 0
+                batches[-1].setdefault(table, []).append(key)
+                size += 1
+        return batches
 
     def _isolate(
         self, rows: dict[str, Any], replaced: dict[str, pa.Table]
@@ -296,21 +303,7 @@ class SyncService:
         unknown = [t for t in wanted or [] if t not in self._wanted]
         if unknown:
             raise InvalidArgument(f"table '{unknown[0]:.60}' is not replicated; replicated: {', '.join(self._wanted)}")
-        with self._lock:
-            try:
-                self._cycle()
-                checks = []
-                with self._source.snapshot() as snap:
-                    if snap.text != self._position and snap.delta(self._position, self._tracked)[1]:
-                        self._cycle_in(snap)
-                    shapes = snap.shapes(self._tracked)
-                    for table in wanted or self._tracked:
-                        if table in shapes and table not in self._retry:
-                            source = snap.rows(shapes[table])
-                            checks.append(check_table(self._store, shapes[table], source, self._ranges(), repair))
-            except (adbc_driver_manager.Error, OSError) as exc:
-                self._failed(exc)
-                raise Unavailable(f"validation needs PostgreSQL, which is unavailable ({self._last_error})") from None
+        _, checks = self._locked_cycle(wanted or list(self._wanted), repair)
         repaired = [c.table for c in checks if c.repaired]
         self.counters["repairs"] += len(repaired)
         if repaired:
@@ -324,17 +317,6 @@ class SyncService:
         }
         return self._last_validation
 
-    def _ranges(self) -> int:
-        return self.settings.validate_ranges
-
-    def _cycle_in(self, snap: Snapshot) -> None:
-        """Apply what committed between the cycle and the validation snapshot."""
-        shapes = snap.shapes(self._tracked)
-        delta, _ = snap.delta(self._position, self._tracked)
-        copies = {t: snap.rows(shapes[t]) for t, c in delta.items() if c.truncated and t in shapes}
-        incremental = {t: c.keys for t, c in delta.items() if t not in copies and t in shapes and c.keys}
-        self._apply(snap, shapes, copies, incremental)
-
     # -- what the rest of the server asks ------------------------------------------------
 
     def staleness(self, table: str) -> float | None:
@@ -344,11 +326,8 @@ class SyncService:
             return None
         return max(0.0, time.time() - fresh)
 
-    def replicated(self) -> list[str]:
-        return [t for t in self._tracked if t in self._fresh]
-
     def status(self) -> dict[str, Any]:
-        behind: dict[str, tuple[int, float | None]] = {}
+        behind: dict[str, int] = {}
         if self._position is not None and self._paused_since is None:
             try:
                 with self._source.snapshot() as snap:
@@ -361,7 +340,7 @@ class SyncService:
             tables[table] = {
                 "replicated": table in self._tracked and table in self._fresh,
                 "staleness_s": None if staleness is None else round(staleness, 3),
-                "changes_behind": behind.get(table, (0, None))[0],
+                "changes_behind": behind.get(table, 0),
                 "retry": vars(self._retry[table]) if table in self._retry else None,
             }
         lags = list(self._lags)
@@ -388,6 +367,3 @@ class SyncService:
         if not self._tracked:
             return False, "sync has not completed its first cycle"
         return True, "ok"
-
-    def lag_samples(self) -> list[float]:
-        return list(self._lags)

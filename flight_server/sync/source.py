@@ -86,15 +86,15 @@ class Snapshot:
             total += int(count)
         return out, total
 
-    def pending(self, since: str, tables: Iterable[str]) -> dict[str, tuple[int, float | None]]:
-        """Per table: changes not applied yet, and the commit-side time of the oldest."""
+    def pending(self, since: str, tables: Iterable[str]) -> dict[str, int]:
+        """Per table: changes not applied yet."""
         self._cur.execute(
-            "SELECT table_name, count(*), extract(epoch FROM min(at)) FROM chrono_sync.changes "
+            "SELECT table_name, count(*) FROM chrono_sync.changes "
             "WHERE xid >= pg_snapshot_xmin($1::pg_snapshot) AND NOT pg_visible_in_snapshot(xid, $1::pg_snapshot) "
             "AND table_name = ANY($2) GROUP BY table_name",
             (since, sorted(tables)),
         )
-        return {str(t): (int(n), None if at is None else float(at)) for t, n, at in self._cur.fetchall()}
+        return {str(t): int(n) for t, n in self._cur.fetchall()}
 
     def change_times(self, since: str, tables: Iterable[str], most: int = 2000) -> list[float]:
         """Write times (epoch seconds) of up to `most` changes of the delta, evenly sampled."""
