@@ -16,7 +16,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import pyarrow as pa
 import sqlglot
@@ -48,7 +48,8 @@ _SAMPLE_VALUES: dict[str, Any] = {
 }
 
 
-_DESCRIBED_MAX = 1024  # schemas remembered by `describe`, and results known too large to cache
+_MEMO_MOST = 1024  # schemas remembered by `describe`, and results known too large to cache
+V = TypeVar("V")
 _TOO_LARGE_MEMORY_S = 600.0  # how long a result too large to cache streams without trying again
 RAW_SQL_TTL_S = 300  # raw SQL and whole datasets; data versions keep them correct
 _CACHED_AT = b"chrono:cached_at"  # schema metadata of a cached result: when it was computed
@@ -66,6 +67,26 @@ def _unstamped(table: pa.Table) -> tuple[pa.Table, float]:
     return table.replace_schema_metadata(metadata or None), age
 
 
+class _Memo(Generic[V]):
+    """A bounded, thread-safe dict: when it is full, the oldest entry goes."""
+
+    def __init__(self, most: int) -> None:
+        self._most = most
+        self._entries: dict[str, V] = {}
+        self._lock = threading.Lock()
+
+    def get(self, key: str) -> V | None:
+        with self._lock:
+            return self._entries.get(key)
+
+    def put(self, key: str, value: V) -> None:
+        with self._lock:
+            self._entries.pop(key, None)
+            if len(self._entries) >= self._most:
+                self._entries.pop(next(iter(self._entries)))
+            self._entries[key] = value
+
+
 @dataclass
 class Plan:
     command: Command
@@ -79,7 +100,7 @@ class Plan:
     query_id: str
     named: NamedQuery | None = None
     deadline_s: float | None = None
-    tree: Any = None  # the parsed SQL before scoping, for the replica decision
+    tree: Any = None  # the parsed SQL, for the replica decision
     unavailable: Unavailable | None = None  # the router's error when PostgreSQL is down
     replica: ReplicaChoice | None = None
 
@@ -143,9 +164,8 @@ class QueryExecutor:
         self.hybrid = hybrid
         self._syntax_error = syntax_error
         self._named_schemas: dict[str, pa.Schema] = {}
-        self._described: dict[str, pa.Schema] = {}  # schema by cache key digest, oldest first
-        self._described_lock = threading.Lock()
-        self._too_large: dict[str, float] = {}  # results that outgrew a cache entry: shape -> when
+        self._described: _Memo[pa.Schema] = _Memo(_MEMO_MOST)  # result schemas by cache key digest
+        self._too_large: _Memo[float] = _Memo(_MEMO_MOST)  # results that outgrew a cache entry: shape -> when
         self._scoped_cache: tuple[frozenset[str], dict[str, str]] | None = None
         self._named_trees = {q.name: sqlglot.parse_one(q.sql, read="duckdb") for q in catalog}
         self.replicas: ReplicaRouter | None = None  # set when PostgreSQL is replicated into DuckDB
@@ -184,9 +204,9 @@ class QueryExecutor:
         plan.deadline_s = ctx.deadline_s
         if command.kind == "sql":
             ctx.sql_fingerprint = fingerprint(command.target)
+        self._use_replicas(plan)
         if ctx.caller.projects is not None:
             self._scope(plan, ctx.caller.projects)
-        self._use_replicas(plan)
         return plan
 
     def _route(
@@ -224,8 +244,7 @@ class QueryExecutor:
             if plan.unavailable is not None:
                 raise plan.unavailable
             return
-        plan.engine, plan.sql, plan.replica = "duckdb", choice.sql, choice
-        plan.reason = choice.reason + (plan.reason[plan.reason.index(";") :] if "; scoped" in plan.reason else "")
+        plan.engine, plan.sql, plan.reason, plan.replica = "duckdb", choice.sql, choice.reason, choice
 
     def _scope(self, plan: Plan, projects: tuple[str, ...]) -> None:
         """Rewrite the plan's SQL so that it reads only the caller's projects."""
@@ -372,14 +391,10 @@ class QueryExecutor:
         and data versions), so a repeated statement skips the engine's describe step.
         """
         key = self._key(plan, ctx)
-        with self._described_lock:
-            schema = self._described.get(key.digest)
+        schema = self._described.get(key.digest)
         if schema is None:
             schema = self.schema(plan)
-            with self._described_lock:
-                if len(self._described) >= _DESCRIBED_MAX:
-                    self._described.pop(next(iter(self._described)))
-                self._described[key.digest] = schema
+            self._described.put(key.digest, schema)
         return schema, self.cache.peek(key, plan.command.cache)
 
     def open(self, plan: Plan, ctx: RequestContext, *, count_use: bool = True) -> OpenResult:
@@ -414,16 +429,8 @@ class QueryExecutor:
         return cache_key(plan.sql, plan.params, plan.engine, ctx.caller.scope, {}, 0).digest
 
     def _known_too_large(self, shape: str) -> bool:
-        with self._described_lock:
-            seen = self._too_large.get(shape)
+        seen = self._too_large.get(shape)
         return seen is not None and time.monotonic() - seen < _TOO_LARGE_MEMORY_S
-
-    def _remember_too_large(self, shape: str) -> None:
-        with self._described_lock:
-            self._too_large.pop(shape, None)
-            if len(self._too_large) >= _DESCRIBED_MAX:
-                self._too_large.pop(next(iter(self._too_large)))
-            self._too_large[shape] = time.monotonic()
 
     @staticmethod
     def _too_old(plan: Plan, age_s: float) -> bool:
@@ -475,7 +482,7 @@ class QueryExecutor:
             running.close()
             raise running.translate(exc) from None
         self.cache.note_too_large()
-        self._remember_too_large(shape)
+        self._too_large.put(shape, time.monotonic())
         return OpenResult(plan, running.schema, status, batches=batches, running=running)
 
     def run_to_table(self, plan: Plan, ctx: RequestContext, *, count_use: bool = True) -> pa.Table:

@@ -136,9 +136,9 @@ class ChronoFlightServer(flight.FlightServerBase):  # type: ignore[misc]
                 return info
             command = self._command(descriptor)
             plan = self.app.executor.plan(command, ctx)
-            schema = self.app.executor.schema(plan)
+            schema, cache = self.app.executor.describe(plan, ctx)
             ticket = flight.Ticket(plan.command.to_json())
-            metadata = plan.metadata(self.app.executor.cache_status(plan, ctx))
+            metadata = plan.metadata(cache)
             self._log(ctx, plan.label, "ok", engine=plan.engine)
             return flight.FlightInfo(
                 schema,

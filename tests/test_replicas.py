@@ -189,12 +189,12 @@ def test_replica_bound_also_ages_out_cached_postgres_results(replica_server: Pro
 
 
 def test_replica_rewrite_keeps_project_scoping() -> None:
-    scoped = scope_sql(
+    # the executor's order: pointed at the replicas first, then scoped to the caller's projects
+    replicated = to_replicas(
         "SELECT p.name, count(*) FROM scrape_pages s JOIN projects p ON p.id = s.project_id GROUP BY 1",
-        ["proj-001"],
-        {"scrape_pages": "project_id", "projects": "id"},
+        ("projects", "scrape_pages"),
     )
-    rewritten = to_replicas(scoped, ("projects", "scrape_pages"))
+    rewritten = scope_sql(replicated, ["proj-001"], {"scrape_pages": "project_id", "projects": "id"})
     assert "FROM replica.scrape_pages WHERE \"project_id\" IN ('proj-001')" in rewritten
     assert "FROM replica.projects WHERE \"id\" IN ('proj-001')" in rewritten
 
