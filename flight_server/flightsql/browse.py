@@ -7,7 +7,6 @@ the caller. Optional protobuf fields that are unset reach the functions as None.
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable
 from typing import Any
 
@@ -16,8 +15,8 @@ from google.protobuf.message import Message
 
 from flight_server.app import App
 from flight_server.context import RequestContext
-from flight_server.errors import Unimplemented
 from flight_server.flightsql import flight_sql_pb2 as sql
+from flight_server.flightsql import metadata
 from flight_server.security import require
 
 
@@ -38,18 +37,21 @@ def _args(*names: str) -> Callable[[Any], list[Any]]:
     return extract
 
 
+Arguments = Callable[[Any], list[Any]]
+_KEY_ARGS = _args("catalog", "db_schema", "table")
+
 # command -> (run function, schema function, arguments of the run function, of the schema function)
-_DISPATCH: dict[type[Message], tuple[str, str, Callable[[Any], list[Any]], Callable[[Any], list[Any]]]] = {
-    sql.CommandGetCatalogs: ("get_catalogs", "catalogs_schema", _args(), _args()),
+_DISPATCH: dict[type[Message], tuple[Callable[..., pa.Table], Callable[..., pa.Schema], Arguments, Arguments]] = {
+    sql.CommandGetCatalogs: (metadata.get_catalogs, metadata.catalogs_schema, _args(), _args()),
     sql.CommandGetDbSchemas: (
-        "get_db_schemas",
-        "db_schemas_schema",
+        metadata.get_db_schemas,
+        metadata.db_schemas_schema,
         _args("catalog", "db_schema_filter_pattern"),
         _args(),
     ),
     sql.CommandGetTables: (
-        "get_tables",
-        "tables_schema",
+        metadata.get_tables,
+        metadata.tables_schema,
         lambda c: [
             _optional(c, "catalog"),
             _optional(c, "db_schema_filter_pattern"),
@@ -59,30 +61,20 @@ _DISPATCH: dict[type[Message], tuple[str, str, Callable[[Any], list[Any]], Calla
         ],
         lambda c: [c.include_schema],
     ),
-    sql.CommandGetTableTypes: ("get_table_types", "table_types_schema", _args(), _args()),
-    sql.CommandGetSqlInfo: ("get_sql_info", "sql_info_schema", lambda c: [list(c.info)], _args()),
-    sql.CommandGetXdbcTypeInfo: ("get_xdbc_type_info", "xdbc_type_info_schema", _args("data_type"), _args()),
-    sql.CommandGetPrimaryKeys: (
-        "get_primary_keys",
-        "primary_keys_schema",
-        _args("catalog", "db_schema", "table"),
+    sql.CommandGetTableTypes: (metadata.get_table_types, metadata.table_types_schema, _args(), _args()),
+    sql.CommandGetSqlInfo: (metadata.get_sql_info, metadata.sql_info_schema, lambda c: [list(c.info)], _args()),
+    sql.CommandGetXdbcTypeInfo: (
+        metadata.get_xdbc_type_info,
+        metadata.xdbc_type_info_schema,
+        _args("data_type"),
         _args(),
     ),
-    sql.CommandGetExportedKeys: (
-        "get_exported_keys",
-        "foreign_keys_schema",
-        _args("catalog", "db_schema", "table"),
-        _args(),
-    ),
-    sql.CommandGetImportedKeys: (
-        "get_imported_keys",
-        "foreign_keys_schema",
-        _args("catalog", "db_schema", "table"),
-        _args(),
-    ),
+    sql.CommandGetPrimaryKeys: (metadata.get_primary_keys, metadata.primary_keys_schema, _KEY_ARGS, _args()),
+    sql.CommandGetExportedKeys: (metadata.get_exported_keys, metadata.foreign_keys_schema, _KEY_ARGS, _args()),
+    sql.CommandGetImportedKeys: (metadata.get_imported_keys, metadata.foreign_keys_schema, _KEY_ARGS, _args()),
     sql.CommandGetCrossReference: (
-        "get_cross_reference",
-        "foreign_keys_schema",
+        metadata.get_cross_reference,
+        metadata.foreign_keys_schema,
         _args("pk_catalog", "pk_db_schema", "pk_table", "fk_catalog", "fk_db_schema", "fk_table"),
         _args(),
     ),
@@ -98,19 +90,10 @@ class MetadataQueries:
 
     def schema(self, command: Message, ctx: RequestContext) -> pa.Schema:
         require(ctx.caller, "metadata", "browse metadata")
-        _, schema_fn, _, schema_args = _DISPATCH[type(command)]
-        schema: pa.Schema = getattr(_module(), schema_fn)(*schema_args(command))
-        return schema
+        _, schema_of, _, schema_args = _DISPATCH[type(command)]
+        return schema_of(*schema_args(command))
 
     def run(self, command: Message, ctx: RequestContext) -> pa.Table:
         require(ctx.caller, "metadata", "browse metadata")
-        run_fn, _, run_args, _ = _DISPATCH[type(command)]
-        table: pa.Table = getattr(_module(), run_fn)(self.app, ctx, *run_args(command))
-        return table
-
-
-def _module() -> Any:
-    try:
-        return importlib.import_module("flight_server.flightsql.metadata")
-    except ModuleNotFoundError:
-        raise Unimplemented("Flight SQL metadata is not available on this server yet") from None
+        run, _, run_args, _ = _DISPATCH[type(command)]
+        return run(self.app, ctx, *run_args(command))

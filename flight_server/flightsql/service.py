@@ -64,24 +64,21 @@ class FlightSqlService:
             return flight.FlightInfo(schema, descriptor, [endpoint], -1, -1), name, {}
         if isinstance(command, sql.CommandStatementQuery):
             plan = self.app.executor.plan(self._statement(command.query, command), ctx)
-            schema, cache = self.app.executor.describe(plan, ctx)
-            schema = client_schema(schema)
             handle = {"command": json.loads(plan.command.to_json()), "query_id": plan.query_id}
         elif isinstance(command, sql.CommandPreparedStatementQuery):
             statement = self.prepared.get(ctx.caller, command.prepared_statement_handle)
             if len(statement.parameter_schema) and not statement.rows:
                 raise InvalidArgument("the statement has parameters: bind their values (DoPut) before executing it")
             plan = self.app.executor.plan(statement.commands()[0], ctx)
-            schema, cache = self.app.executor.describe(plan, ctx)
-            schema = client_schema(schema)
             handle = {"prepared": statement.handle.hex(), "query_id": plan.query_id}
         else:
             raise InvalidArgument(f"{name} is not a query; GetFlightInfo takes queries and metadata commands")
+        schema, cache = self.app.executor.describe(plan, ctx)
         self.tickets.announce(plan.query_id, ctx.caller)
         ticket = pack(sql.TicketStatementQuery(statement_handle=json.dumps(handle).encode()))
         metadata = plan.metadata(cache)
         info = flight.FlightInfo(
-            schema,
+            client_schema(schema),
             descriptor,
             [flight.FlightEndpoint(ticket, [])],
             -1,
@@ -96,7 +93,7 @@ class FlightSqlService:
             return self.metadata.schema(command, ctx)
         if isinstance(command, sql.CommandStatementQuery):
             plan = self.app.executor.plan(self._statement(command.query, command), ctx)
-            return client_schema(self.app.executor.schema(plan))
+            return client_schema(self.app.executor.describe(plan, ctx)[0])
         if isinstance(command, sql.CommandPreparedStatementQuery):
             return self.prepared.get(ctx.caller, command.prepared_statement_handle).dataset_schema
         raise InvalidArgument(f"{name} has no result schema")
