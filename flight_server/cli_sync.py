@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from typing import Any
 
 from rich.console import Console
@@ -70,7 +71,7 @@ def run_sync(args: argparse.Namespace, settings: Settings) -> int:
         err.print(f"[red]{exc.status}[/red]: {exc}")
         return 2
     if args.format == "json":
-        print(json.dumps(result, indent=1, default=str))
+        sys.stdout.write(json.dumps(result, indent=1, default=str) + "\n")
     elif args.sync_command == "status":
         _print_status(out, result)
     elif args.sync_command == "run":

@@ -175,7 +175,15 @@ class FlightSqlService:
         request = unpack_body(body, sql.ActionCreatePreparedStatementRequest)
         require(ctx.caller, "sql", "run raw SQL")
         command = self._statement(request.query, request)
-        parameters = client_schema(parameter_schema(request.query, lambda table: self._table_schema(table, ctx)))
+        found: dict[tuple[str, str, str], pa.Schema | None] = {}  # each table looked up once per statement
+
+        def schema_of(table: exp.Table) -> pa.Schema | None:
+            name = (table.catalog, table.db, table.name)
+            if name not in found:
+                found[name] = self._table_schema(table, ctx)
+            return found[name]
+
+        parameters = client_schema(parameter_schema(request.query, schema_of))
         probe = command
         if len(parameters):
             nulls: list[Any] | dict[str, Any] = (
