@@ -104,24 +104,18 @@ class ReplicaRouter:
             return None
         worst = max(s for s in staleness if s is not None)
         if postgres_down is not None or forced:
-            why = f"{postgres_down}" if postgres_down is not None else "engine hint 'duckdb'"
+            said = "PostgreSQL unavailable" if postgres_down is not None else "engine hint 'duckdb'"
             if explicit and worst > bound:
                 raise Unavailable(
-                    f"{why}; the replicas are {worst:.1f} s stale, over the max_staleness_s {bound:g} asked for"
+                    f"{postgres_down or said}; the replicas are {worst:.1f} s stale, "
+                    f"over the max_staleness_s {bound:g} asked for"
                 ) from None
-            said = "PostgreSQL unavailable" if postgres_down is not None else "engine hint 'duckdb'"
-            return ReplicaChoice(
-                to_replicas(sql, tuple(sorted(wanted))),
-                wanted,
-                worst,
-                f"{said}; answered from DuckDB replicas {worst:.1f} s stale",
-            )
-        if bound <= 0 or worst > bound or query_shape(tree) == "lookup":
+            reason = f"{said}; answered from DuckDB replicas {worst:.1f} s stale"
+        elif bound <= 0 or worst > bound or query_shape(tree) == "lookup":
             return None
-        return ReplicaChoice(
-            to_replicas(sql, tuple(sorted(wanted))),
-            wanted,
-            worst,
-            f"analytical query over {', '.join(wanted)}: DuckDB replicas {worst:.2f} s stale, "
-            f"within max_staleness_s {bound:g}",
-        )
+        else:
+            reason = (
+                f"analytical query over {', '.join(wanted)}: DuckDB replicas {worst:.2f} s stale, "
+                f"within max_staleness_s {bound:g}"
+            )
+        return ReplicaChoice(to_replicas(sql, tuple(sorted(wanted))), wanted, worst, reason)
