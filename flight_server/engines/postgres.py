@@ -47,7 +47,7 @@ def _sqlstate(exc: BaseException) -> str:
     return str(getattr(exc, "sqlstate", "") or "")
 
 
-def _with_connect_timeout(uri: str, seconds: float) -> str:
+def with_connect_timeout(uri: str, seconds: float) -> str:
     """The URI with libpq's connect_timeout set, unless it sets its own."""
     if "connect_timeout=" in uri:
         return uri
@@ -86,7 +86,7 @@ class PostgresEngine:
     # -- connections ---------------------------------------------------------------------
 
     def _connect(self) -> pg.Connection:
-        return pg.connect(_with_connect_timeout(self._uri, self.settings.connect_timeout_s), autocommit=True)
+        return pg.connect(with_connect_timeout(self._uri, self.settings.connect_timeout_s), autocommit=True)
 
     def _acquire(self) -> pg.Connection:
         if not self.breaker.allow():

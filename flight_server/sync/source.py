@@ -19,6 +19,8 @@ from pathlib import Path
 import adbc_driver_postgresql.dbapi as pg
 import pyarrow as pa
 
+from flight_server.engines.postgres import with_connect_timeout
+
 logger = logging.getLogger(__name__)
 
 HIDDEN_COLUMNS = {"users": {"hashed_password"}}  # never copied out of PostgreSQL
@@ -141,11 +143,8 @@ class ChangeSource:
     """Connections to PostgreSQL as the schema owner, for the sync only."""
 
     def __init__(self, uri: str, schemas_dir: Path, connect_timeout_s: float) -> None:
-        separator = "&" if "?" in uri else "?"
-        timeout = f"connect_timeout={max(1, round(connect_timeout_s))}"
-        self._uri = uri if "connect_timeout=" in uri else f"{uri}{separator}{timeout}"
+        self._uri = with_connect_timeout(uri, connect_timeout_s)
         self._schemas_dir = schemas_dir
-
         self._idle: list[pg.Connection] = []  # opening a connection costs tens of milliseconds: keep a few
         self._lock = threading.Lock()
 
