@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -85,7 +86,7 @@ class Roapi(ServerProcess):
         self.port = free_port()
         self.location = f"grpc://127.0.0.1:{self.port}"
         argv = [
-            str(Path(__import__("sys").executable).parent / "roapi"),
+            str(Path(sys.executable).parent / "roapi"),
             "--addr-flight-sql", f"127.0.0.1:{self.port}",
             "--addr-http", f"127.0.0.1:{free_port()}",
             "--addr-postgres", f"127.0.0.1:{free_port()}",
