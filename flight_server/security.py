@@ -1,9 +1,14 @@
 """Security at the RPC boundary: who is calling, what they may do, and TLS.
 
-`AuthMiddlewareFactory` runs before any handler: it verifies the bearer token (or logs
-a basic-auth user in and hands back a bearer token in the response headers) and
-refuses the call with UNAUTHENTICATED otherwise. Handlers read the caller from the
-middleware; `require` checks a role's permission before any engine work.
+`AuthMiddlewareFactory` runs before any handler, installed by the server under the
+reserved key `AUTH_MIDDLEWARE` (no caller-supplied middleware can take its place): it
+verifies the bearer token (or logs a basic-auth user in and hands back a bearer token
+in the response headers) and refuses the call with UNAUTHENTICATED otherwise.
+
+Fail closed: `caller_of` is the only way handlers learn the caller, and a call without
+the auth middleware has no caller (UNAUTHENTICATED), never a default one. Full access
+without credentials exists only when authentication is off, which `check_bind_address`
+allows on loopback only.
 """
 
 from __future__ import annotations
@@ -23,16 +28,22 @@ from flight_server.settings import Settings
 
 logger = logging.getLogger(__name__)
 
-ANONYMOUS = Caller()  # auth not configured: loopback only, full access
+AUTH_MIDDLEWARE, DRAIN_MIDDLEWARE = "auth", "drain"  # middleware keys reserved by the server
+LOOPBACK_ADMIN = Caller(subject="anonymous", role="admin", projects=None)  # auth off: loopback only
 
 
 class AuthMiddleware(flight.ServerMiddleware):  # type: ignore[misc]
+    """The caller of one call."""
+
     def __init__(self, caller: Caller, issued: str | None = None) -> None:
-        self.caller = caller
+        self._caller = caller
         self._issued = issued
 
     def sending_headers(self) -> dict[str, str]:
         return {"authorization": f"Bearer {self._issued}"} if self._issued else {}
+
+    def caller(self, context: flight.ServerCallContext) -> Caller:
+        return self._caller
 
 
 class AuthMiddlewareFactory(flight.ServerMiddlewareFactory):  # type: ignore[misc]
@@ -41,7 +52,7 @@ class AuthMiddlewareFactory(flight.ServerMiddlewareFactory):  # type: ignore[mis
 
     def start_call(self, info: flight.CallInfo, headers: dict[str, list[str]]) -> AuthMiddleware:
         if not self._auth.enabled:
-            return AuthMiddleware(ANONYMOUS)
+            return AuthMiddleware(LOOPBACK_ADMIN)
         values = headers.get("authorization") or headers.get("Authorization") or []
         try:
             if not values:
@@ -56,6 +67,26 @@ class AuthMiddlewareFactory(flight.ServerMiddlewareFactory):  # type: ignore[mis
         except ChronoError as exc:
             logger.info("unauthenticated call", extra={"fields": {"method": str(info.method), "error": str(exc)}})
             raise flight.FlightUnauthenticatedError(str(exc)) from None
+
+
+def server_middleware(
+    authenticator: Authenticator,
+    drain: flight.ServerMiddlewareFactory,
+    extra: dict[str, flight.ServerMiddlewareFactory] | None = None,
+) -> dict[str, flight.ServerMiddlewareFactory]:
+    """The server's middleware: authentication first and always, `extra` next, the drain count last.
+
+    Authentication cannot be dropped or replaced by passing middleware: its key (and the
+    drain count's) is reserved, and a middleware under either is refused. Middleware
+    run in this order and a call stops at the first that refuses it, so `extra` never
+    sees a call without credentials or with a bad token (basic credentials outside
+    Handshake are checked later, by the handler), and the drain count sees only calls
+    every other middleware let in.
+    """
+    reserved = sorted({AUTH_MIDDLEWARE, DRAIN_MIDDLEWARE} & set(extra or {}))
+    if reserved:
+        raise ValueError(f"middleware key {', '.join(map(repr, reserved))} is reserved by the server; use another key")
+    return {AUTH_MIDDLEWARE: AuthMiddlewareFactory(authenticator), **(extra or {}), DRAIN_MIDDLEWARE: drain}
 
 
 class HeaderAuthHandler(flight.ServerAuthHandler):  # type: ignore[misc]
@@ -74,10 +105,16 @@ class HeaderAuthHandler(flight.ServerAuthHandler):  # type: ignore[misc]
 
 
 def caller_of(context: flight.ServerCallContext | None) -> Caller:
-    if context is None:
-        return ANONYMOUS
-    middleware = context.get_middleware("auth")
-    return middleware.caller if isinstance(middleware, AuthMiddleware) else ANONYMOUS
+    """The authenticated caller of a call; UNAUTHENTICATED when it has none.
+
+    A call that did not pass the auth middleware (a server built without it) has no
+    caller: it is refused, never given a default identity.
+    """
+    middleware = context.get_middleware(AUTH_MIDDLEWARE) if context is not None else None
+    if context is None or not isinstance(middleware, AuthMiddleware):
+        logger.error("call without the auth middleware refused")
+        raise Unauthenticated("this server could not authenticate the call; it is refused")
+    return middleware.caller(context)
 
 
 def require(caller: Caller, permission: str, what: str) -> None:
