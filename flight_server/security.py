@@ -9,6 +9,12 @@ Fail closed: `caller_of` is the only way handlers learn the caller, and a call w
 the auth middleware has no caller (UNAUTHENTICATED), never a default one. Full access
 without credentials exists only when authentication is off, which `check_bind_address`
 allows on loopback only.
+
+Basic credentials on Handshake are checked at once (the token goes back in that
+call's headers); on any other RPC they are checked when the handler asks for the
+caller, where the client's address is known, so that failures count against it too.
+pyarrow does not hand middleware or the Handshake handler the client's address, so
+Handshake sign-ins are throttled per username only.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import logging
+import urllib.parse
 from pathlib import Path
 from typing import Any
 
@@ -33,16 +40,30 @@ LOOPBACK_ADMIN = Caller(subject="anonymous", role="admin", projects=None)  # aut
 
 
 class AuthMiddleware(flight.ServerMiddleware):  # type: ignore[misc]
-    """The caller of one call."""
+    """The caller of one call, or the basic credentials to check once its address is known."""
 
-    def __init__(self, caller: Caller, issued: str | None = None) -> None:
+    def __init__(
+        self,
+        caller: Caller | None = None,
+        issued: str | None = None,
+        basic: str | None = None,
+        authenticator: Authenticator | None = None,
+    ) -> None:
         self._caller = caller
         self._issued = issued
+        self._basic = basic
+        self._auth = authenticator
 
     def sending_headers(self) -> dict[str, str]:
         return {"authorization": f"Bearer {self._issued}"} if self._issued else {}
 
     def caller(self, context: flight.ServerCallContext) -> Caller:
+        if self._caller is None:
+            if self._basic is None or self._auth is None:
+                raise Unauthenticated("missing authorization header: send 'Bearer <token>' or basic credentials")
+            token = self._auth.login(self._basic, client_address(context.peer()))
+            self._caller = self._auth.verify(token)
+            context.add_header("authorization", f"Bearer {token}")
         return self._caller
 
 
@@ -61,6 +82,8 @@ class AuthMiddlewareFactory(flight.ServerMiddlewareFactory):  # type: ignore[mis
             if scheme.lower() == "bearer":
                 return AuthMiddleware(self._auth.verify(credentials.strip()))
             if scheme.lower() == "basic":
+                if info.method != flight.FlightMethod.HANDSHAKE:
+                    return AuthMiddleware(basic=credentials.strip(), authenticator=self._auth)
                 token = self._auth.login(credentials.strip())
                 return AuthMiddleware(self._auth.verify(token), issued=token)
             raise Unauthenticated("authorization must be 'Bearer <token>' or 'Basic <credentials>'")
@@ -115,6 +138,27 @@ def caller_of(context: flight.ServerCallContext | None) -> Caller:
         logger.error("call without the auth middleware refused")
         raise Unauthenticated("this server could not authenticate the call; it is refused")
     return middleware.caller(context)
+
+
+def client_address(peer: str) -> str | None:
+    """The client address of a gRPC peer string, as a throttling key (None when unknown).
+
+    `ipv4:10.0.0.7:51234` gives `10.0.0.7`; IPv6 addresses give their /64 network, the
+    block one host usually holds; Unix domain sockets give `unix`.
+    """
+    kind, _, rest = urllib.parse.unquote(peer).partition(":")
+    if kind == "unix":
+        return "unix"
+    host = rest.rpartition(":")[0].strip("[]")
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return None
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.ip_network(f"{address}/64", strict=False))
+    return str(address)
 
 
 def require(caller: Caller, permission: str, what: str) -> None:

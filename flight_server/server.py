@@ -321,6 +321,10 @@ class ChronoFlightServer(flight.FlightServerBase):  # type: ignore[misc]
         self._rpc("DoExchange", context, "live", handle)
 
     def list_actions(self, context: flight.ServerCallContext) -> list[tuple[str, str]]:
+        try:
+            caller_of(context)  # basic credentials sent on this call are checked as on any other
+        except ChronoError as exc:
+            raise to_flight_error(exc) from None
         listed = [(spec.name, spec.description) for spec in ACTIONS.values()]
         return listed + [(name, description) for name, (description, _) in SQL_ACTIONS.items()]
 
