@@ -61,16 +61,17 @@ class LoginThrottle:
         with self._lock:
             now = self.clock()
             self._expire(now)
-            wait = 0.0
+            wait, reached = 0.0, []
             for key, limit in keys:
                 stamps = self._recent(key, now)
                 if stamps is not None and len(stamps) >= limit:
                     # the count drops under the limit when this failure leaves the window
                     wait = max(wait, stamps[len(stamps) - limit] + self.window_s - now)
-            if wait > 0:
+                    reached.append(key.split(":", 1)[0])
+            if reached:
                 logger.warning(
                     "sign-in refused: too many failures",
-                    extra={"fields": {"limit": [k.split(":", 1)[0] for k, _ in keys], "retry_s": round(wait, 1)}},
+                    extra={"fields": {"limit": reached, "retry_s": round(wait, 1)}},
                 )
                 raise Unauthenticated(f"too many failed sign-ins; retry in {max(1, math.ceil(wait))} s")
             for key, _ in keys:
