@@ -7,14 +7,21 @@ analyst, viewer, service) and `projects` (project ids). Drivers that speak basic
 send `authorization: Basic ...`; the username and password are checked against the
 `users` table (scrypt hashes) or a configured user list, and the answer carries a
 short-lived bearer token signed by the server.
+
+A sign-in costs the same whether the username exists or not: an unknown username (or
+a stored hash that cannot be read) is checked against a dummy hash of the same scheme
+and cost, and can never succeed. Failed sign-ins are throttled per username and per
+client address (`LoginThrottle`).
 """
 
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import hmac
 import logging
+import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,6 +31,7 @@ import jwt
 
 from flight_server.context import Caller
 from flight_server.errors import Unauthenticated
+from flight_server.login_throttle import LoginThrottle
 from flight_server.settings import AuthSettings
 
 logger = logging.getLogger(__name__)
@@ -38,17 +46,41 @@ PERMISSIONS: dict[str, frozenset[str]] = {
 }
 
 
+SCRYPT_N, SCRYPT_R, SCRYPT_P = 2**14, 8, 1  # the cost of every hash this server makes
+
+
+def hash_password(password: str, salt: bytes) -> str:
+    """scrypt, in the `scrypt$n$r$p$salt$hash` form the users table stores."""
+    digest = hashlib.scrypt(password.encode(), salt=salt, n=SCRYPT_N, r=SCRYPT_R, p=SCRYPT_P, dklen=32)
+    encode = base64.b64encode
+    return f"scrypt${SCRYPT_N}${SCRYPT_R}${SCRYPT_P}${encode(salt).decode()}${encode(digest).decode()}"
+
+
+@functools.cache
+def dummy_hash() -> str:
+    """A hash of a random password nobody knows, at the cost of `hash_password`.
+
+    Checked in place of a user's hash when there is no user, so that an unknown
+    username costs the same as a wrong password; a match on it never signs anyone in.
+    """
+    return hash_password(secrets.token_urlsafe(24), secrets.token_bytes(16))
+
+
 def verify_password(password: str, stored: str) -> bool:
-    """Check a password against a `scrypt$n$r$p$salt$hash` string (constant time)."""
+    """Check a password against a `scrypt$n$r$p$salt$hash` string (constant time).
+
+    A stored value that is not such a string fails, after the same work as a real check.
+    """
     try:
         scheme, n, r, p, salt, digest = stored.split("$")
         if scheme != "scrypt":
-            return False
+            raise ValueError("not an scrypt hash")
         expected = base64.b64decode(digest)
         actual = hashlib.scrypt(
             password.encode(), salt=base64.b64decode(salt), n=int(n), r=int(r), p=int(p), dklen=len(expected)
         )
     except (ValueError, TypeError):
+        verify_password(password, dummy_hash())
         return False
     return hmac.compare_digest(actual, expected)
 
@@ -68,6 +100,12 @@ class Authenticator:
         self.settings = settings
         self._lookup_user = lookup_user
         self._verified: dict[str, tuple[Caller, float]] = {}
+        self.throttle = LoginThrottle(
+            settings.login_failures_per_user, settings.login_failures_per_peer, settings.login_window_s
+        )
+        self.check_password: Callable[[str, str], bool] = verify_password  # replaceable: tests count the checks
+        if self.enabled and lookup_user is not None:
+            dummy_hash()  # made now, so that the first unknown username costs no more than later ones
         if settings.jwt_public_key_file:
             self._verify_key: Any = settings.jwt_public_key_file.read_text()
             self._algorithms = [a for a in settings.algorithms if not a.startswith("HS")] or ["RS256", "ES256"]
@@ -136,16 +174,24 @@ class Authenticator:
             claims["iss"] = self.settings.issuer
         return jwt.encode(claims, self.settings.jwt_secret, algorithm="HS256")
 
-    def login(self, basic: str) -> str:
-        """The bearer token for an `authorization: Basic ...` header value."""
+    def login(self, basic: str, peer: str | None = None) -> str:
+        """The bearer token for an `authorization: Basic ...` header value.
+
+        `peer` is the client's address when the transport reports it (for throttling).
+        Exactly one password check runs per attempt that is not throttled, against the
+        user's hash or the dummy hash.
+        """
         padded = basic + "=" * (-len(basic) % 4)  # Go Flight clients send base64 without padding
         try:
             username, _, password = base64.b64decode(padded, validate=True).decode().partition(":")
         except (ValueError, UnicodeDecodeError):
             raise Unauthenticated("malformed basic credentials") from None
+        stamp = self.throttle.begin(username, peer)
         user = self._lookup_user(username) if self._lookup_user else None
-        if user is None or not verify_password(password, user.password_hash):
+        matches = self.check_password(password, user.password_hash if user is not None else dummy_hash())
+        if user is None or not matches:
             raise Unauthenticated("wrong username or password")
+        self.throttle.succeeded(username, peer, stamp)
         return self.issue(user.username, user.role, user.projects)
 
 

@@ -1,4 +1,4 @@
-"""The `flight-server` command: serve, demo-data, query, ingest, sync."""
+"""The `flight-server` command: serve, demo-data, demo-tokens, query, ingest, sync."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ import logging
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import TYPE_CHECKING
 
 import duckdb
 from rich.console import Console
@@ -16,9 +15,6 @@ from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedCo
 from flight_server import __version__
 from flight_server.logs import configure_logging
 from flight_server.settings import Settings
-
-if TYPE_CHECKING:  # the server's parts load only for `serve`: other commands start fast
-    from flight_server.app import App
 
 logger = logging.getLogger(__name__)
 err = Console(stderr=True)
@@ -72,18 +68,6 @@ def _fill_demo(con: duckdb.DuckDBPyConnection, settings: Settings, rows: int, se
                 )
 
 
-def _print_demo_tokens(app: App) -> None:
-    """A ready token per role, valid for a day, for trying the demo with auth on."""
-    from flight_server.demo import DEMO_PROJECTS
-
-    projects = tuple(p for p, _, _ in DEMO_PROJECTS[:3])
-    err.print("demo tokens (24 h; send as 'authorization: Bearer <token>'):")
-    for role in ("admin", "analyst", "viewer", "service"):
-        token = app.auth.issue(f"demo-{role}", role, None if role == "admin" else projects, ttl_s=86400)
-        scope = "all projects" if role == "admin" else ", ".join(projects)
-        err.print(f"  {role:<8} ({scope}): {token}", soft_wrap=True, highlight=False)
-
-
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     from flight_server.serving import Runner, run
 
@@ -92,12 +76,9 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
             _fill_demo(con, settings, args.rows, args.seed, only_if_empty=True)
 
     def announce(runner: Runner) -> None:
-        assert runner.app is not None
         location = runner.location
         ports = {"health_port": runner.health.port, "metrics_port": runner.metrics_port}
         logger.info("serving", extra={"fields": {"location": location, "version": __version__, **ports}})
-        if args.demo and settings.auth.jwt_secret:
-            _print_demo_tokens(runner.app)
         err.print(
             f"Chrono Flight {__version__} listening on {location} (Ctrl-C stops); "
             f"health on port {runner.health.port}, metrics on port {runner.metrics_port}",
@@ -159,6 +140,12 @@ def cmd_query(args: argparse.Namespace, settings: Settings) -> int:
     return run_query(args, settings)
 
 
+def cmd_demo_tokens(args: argparse.Namespace, settings: Settings) -> int:
+    from flight_server.cli_tokens import run_demo_tokens
+
+    return run_demo_tokens(args, settings)
+
+
 def cmd_sync(args: argparse.Namespace, settings: Settings) -> int:
     from flight_server.cli_sync import run_sync
 
@@ -187,6 +174,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--rows", type=int, default=1_000_000, help="CDX rows to generate")
     demo.add_argument("--seed", type=int, default=42, help="seed of the generator")
     demo.set_defaults(func=cmd_demo_data)
+
+    from flight_server.cli_tokens import add_parser as add_demo_tokens
+
+    add_demo_tokens(sub)
+    sub.choices["demo-tokens"].set_defaults(func=cmd_demo_tokens)
 
     query = sub.add_parser("query", help="run SQL or a named query against a server and print it")
     query.add_argument("sql", nargs="?", help="SQL text (read-only); omit with --name")

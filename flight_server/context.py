@@ -1,8 +1,9 @@
 """Per-request state: who is calling, the query id, and the running-query registry.
 
 `RequestContext` travels from the RPC handler through router, cache and engine. It
-carries the caller's identity (anonymous with full access until authentication is
-configured) so that later layers can scope data and key caches by it.
+carries the caller's identity, so that later layers can check permissions, scope data
+and key caches by it. A `Caller()` built without arguments has no rights (no role, no
+projects): every identity with rights is stated where it is made.
 
 `RunningQueries` tracks every query that is executing or streaming and interrupts the
 ones past their deadline from a single watchdog thread.
@@ -21,8 +22,8 @@ from typing import Any
 @dataclass(frozen=True)
 class Caller:
     subject: str = "anonymous"
-    role: str = "admin"
-    projects: tuple[str, ...] | None = None  # None: every project
+    role: str = "none"  # no role: no permission at all
+    projects: tuple[str, ...] | None = ()  # None: every project; (): none
 
     @property
     def scope(self) -> str:

@@ -8,7 +8,6 @@ DuckDB and loading them over ADBC bulk ingest (COPY), so hybrid answers are mean
 
 from __future__ import annotations
 
-import base64
 import datetime as dt
 import hashlib
 import logging
@@ -20,6 +19,7 @@ import adbc_driver_postgresql.dbapi as pg
 import duckdb
 import pyarrow as pa
 
+from flight_server.auth import hash_password
 from flight_server.demo import DEMO_PROJECTS, demo_domains
 
 logger = logging.getLogger(__name__)
@@ -28,14 +28,6 @@ DEMO_PASSWORD = "chrono-demo"  # noqa: S105 - the documented password of the dem
 OLTP_TABLES = (
     "users", "user_sessions", "projects", "domains", "scrape_pages", "project_pages", "admin_settings", "audit_logs",
 )  # fmt: skip
-
-
-def hash_password(password: str, salt: bytes) -> str:
-    """scrypt, in the `scrypt$n$r$p$salt$hash` form the users table stores."""
-    n, r, p = 2**14, 8, 1
-    digest = hashlib.scrypt(password.encode(), salt=salt, n=n, r=r, p=p, dklen=32)
-    encode = base64.b64encode
-    return f"scrypt${n}${r}${p}${encode(salt).decode()}${encode(digest).decode()}"
 
 
 def apply_schema(uri: str, schemas_dir: Path) -> None:

@@ -27,11 +27,11 @@ from flight_server.flightsql.service import FlightSqlService
 from flight_server.flightsql.types import conform_result
 from flight_server.live import parse_subscription
 from flight_server.security import (
-    AuthMiddlewareFactory,
     HeaderAuthHandler,
     caller_of,
     check_bind_address,
     require,
+    server_middleware,
     tls_options,
 )
 from flight_server.settings import Settings
@@ -55,8 +55,7 @@ class ChronoFlightServer(flight.FlightServerBase):  # type: ignore[misc]
         check_bind_address(settings)
         tls = tls_options(settings)
         scheme = "grpc+tls" if tls else "grpc"
-        # the drain middleware goes last: it counts only calls every other middleware let in
-        kwargs.setdefault("middleware", {"auth": AuthMiddlewareFactory(app.auth), "drain": app.lifecycle.middleware()})
+        kwargs["middleware"] = server_middleware(app.auth, app.lifecycle.middleware(), kwargs.get("middleware"))
         kwargs.setdefault("auth_handler", HeaderAuthHandler())
         super().__init__(location or f"{scheme}://{settings.host}:{settings.port}", **tls, **kwargs)
         self.app = app
@@ -67,10 +66,10 @@ class ChronoFlightServer(flight.FlightServerBase):  # type: ignore[misc]
     def _rpc(
         self, rpc: str, call_ctx: flight.ServerCallContext, label: str, handler: Callable[[RequestContext], T]
     ) -> T:
-        caller = caller_of(call_ctx)
-        ctx = RequestContext(rpc=rpc, caller=caller, peer=call_ctx.peer() if call_ctx else "")
-        ctx.deadline_s = self.app.limits.deadline_s(caller, self.app.settings.duckdb.query_deadline_s)
+        ctx = RequestContext(rpc=rpc, peer=call_ctx.peer() if call_ctx else "")
         try:
+            ctx.caller = caller = caller_of(call_ctx)
+            ctx.deadline_s = self.app.limits.deadline_s(caller, self.app.settings.duckdb.query_deadline_s)
             self.app.limits.admit(caller)
             result = handler(ctx)
         except BaseException as exc:
@@ -322,6 +321,10 @@ class ChronoFlightServer(flight.FlightServerBase):  # type: ignore[misc]
         self._rpc("DoExchange", context, "live", handle)
 
     def list_actions(self, context: flight.ServerCallContext) -> list[tuple[str, str]]:
+        try:
+            caller_of(context)  # basic credentials sent on this call are checked as on any other
+        except ChronoError as exc:
+            raise to_flight_error(exc) from None
         listed = [(spec.name, spec.description) for spec in ACTIONS.values()]
         return listed + [(name, description) for name, (description, _) in SQL_ACTIONS.items()]
 

@@ -112,6 +112,15 @@ class AuthSettings(BaseModel):
         None,
         description="JSON list of basic-auth users {username, password_hash, role, projects} (besides the users table)",
     )
+    login_failures_per_user: int = Field(
+        5, ge=1, description="failed basic-auth sign-ins a username may have within the login window; then refused"
+    )
+    login_failures_per_peer: int = Field(
+        20, ge=1, description="failed basic-auth sign-ins a client address may have within the login window"
+    )
+    login_window_s: float = Field(
+        300.0, gt=0, description="seconds a failed basic-auth sign-in counts against its username and address"
+    )
 
     @property
     def enabled(self) -> bool:

@@ -1,7 +1,8 @@
 """A loopback TCP proxy that a test can cut and restore: PostgreSQL 'going away'.
 
 Only for fault injection: the real server behind it is untouched, the proxy just stops
-forwarding (and refuses new connections) until it is restored on the same port.
+forwarding (and refuses new connections) until it is restored on the same port. It can
+also connect from another loopback address, so that a server sees a second client host.
 """
 
 from __future__ import annotations
@@ -12,8 +13,10 @@ import threading
 
 
 class TcpProxy:
-    def __init__(self, target_port: int, target_host: str = "127.0.0.1") -> None:
+    def __init__(self, target_port: int, target_host: str = "127.0.0.1", source_host: str | None = None) -> None:
+        """`source_host` (e.g. 127.0.0.2) makes the target see connections from that address."""
         self.target = (target_host, target_port)
+        self.source = (source_host, 0) if source_host else None
         self._listener: socket.socket | None = None
         self._connections: list[socket.socket] = []
         self._lock = threading.Lock()
@@ -55,7 +58,7 @@ class TcpProxy:
                 client.close()
                 return
             try:
-                upstream = socket.create_connection(self.target, timeout=5)
+                upstream = socket.create_connection(self.target, timeout=5, source_address=self.source)
             except OSError:
                 client.close()
                 continue

@@ -1,4 +1,4 @@
-"""The `flight-server` command as a user runs it: demo-data, serve --demo, query."""
+"""The `flight-server` command as a user runs it: demo-data, serve --demo, demo-tokens, query."""
 
 from __future__ import annotations
 
@@ -119,13 +119,20 @@ def test_cli_demo_data_regenerates_with_progress(tmp_path: Path) -> None:
     assert (tmp_path / "analytics.duckdb").exists()
 
 
-def test_cli_serve_demo_with_auth_prints_tokens_per_role(tmp_path: Path) -> None:
-    env = _env(tmp_path, FLIGHT_AUTH__JWT_SECRET="cli-test-secret-long-enough-for-hs256")
+JWT = re.compile(r"eyJ[\w-]+\.eyJ[\w-]+\.[\w-]+")
+
+
+def test_cli_serve_demo_never_prints_tokens_and_demo_tokens_prints_working_ones(tmp_path: Path) -> None:
+    # the secret and issuer as compose passes them: the tokens must come from the same settings
+    env = _env(
+        tmp_path, FLIGHT_AUTH__JWT_SECRET="cli-test-secret-long-enough-for-hs256", FLIGHT_AUTH__ISSUER="https://demo"
+    )
     proc = subprocess.Popen(
-        [str(BIN), "serve", "--demo", "--rows", "5000"], env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL,
+        [str(BIN), "serve", "--demo", "--rows", "5000"], env=env, stderr=subprocess.PIPE, stdout=subprocess.PIPE,
         text=True,
     )  # fmt: skip
     assert proc.stderr is not None
+    lines: list[str] = []
     tokens: dict[str, str] = {}
     url = None
     deadline = time.monotonic() + 90
@@ -133,22 +140,45 @@ def test_cli_serve_demo_with_auth_prints_tokens_per_role(tmp_path: Path) -> None
         line = proc.stderr.readline()
         if not line and proc.poll() is not None:
             break
-        if match := re.match(r"\s+(admin|analyst|viewer|service)\s+\(.*\): (\S+)", line):
-            tokens[match.group(1)] = match.group(2)
+        lines.append(line)
         if match := re.search(r"listening on (grpc://\S+)", line):
             url = match.group(1)
     try:
-        assert url and set(tokens) == {"admin", "analyst", "viewer", "service"}
+        assert url, "server did not start:\n" + "".join(lines)
+        listed = _cli("demo-tokens", env=env)
+        assert "for trying the demo only" in listed.stderr and "valid for 1 h" in listed.stderr
+        for line in listed.stdout.splitlines():
+            if match := re.fullmatch(r"(admin|analyst|viewer|service)\s+\(.*\): (\S+)", line):
+                tokens[match.group(1)] = match.group(2)
+        assert set(tokens) == {"admin", "analyst", "viewer", "service"}
         ok = _cli("query", "--url", url, "--token", tokens["viewer"], "--name", "domains.top", "--format", "json",
                   env=env)  # fmt: skip
         assert json.loads(ok.stdout)
         denied = _cli("query", "--url", url, "--token", tokens["viewer"], "SELECT 1", env=env, check=False)
         assert denied.returncode == 2 and "permission" in denied.stderr.lower()
+        admin = _cli("query", "--url", url, "--token", tokens["admin"], "SELECT 7 AS n", "--format", "json", env=env)
+        assert json.loads(admin.stdout) == [{"n": 7}]
         anonymous = _cli("query", "--url", url, "--name", "domains.top", env=env, check=False)
         assert anonymous.returncode == 2 and "unauthenticated" in anonymous.stderr.lower()
+        bare = _cli("demo-tokens", "--role", "analyst", "--ttl-s", "120", env=env).stdout.strip()
+        assert JWT.fullmatch(bare)
+        mine = _cli("query", "--url", url, "--token", bare, "SELECT 8 AS n", "--format", "json", env=env)
+        assert json.loads(mine.stdout) == [{"n": 8}]
     finally:
         proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=30)
+        out, rest = proc.communicate(timeout=30)
+    served = "".join(lines) + rest + out
+    assert "demo data: 5,000 CDX records" in served and "listening on" in served
+    assert not JWT.search(served), "serve printed a token"
+    assert not any(token in served for token in tokens.values())
+
+
+def test_cli_demo_tokens_needs_the_secret_and_is_in_help(tmp_path: Path) -> None:
+    out = _cli("demo-tokens", env=_env(tmp_path), check=False)
+    assert out.returncode == 1
+    assert "FLIGHT_AUTH__JWT_SECRET" in out.stderr and not out.stdout
+    assert "demo-tokens" in _cli("--help", env=_env(tmp_path)).stdout
+    assert "FLIGHT_AUTH__ISSUED_TOKEN_TTL_S" in _cli("demo-tokens", "--help", env=_env(tmp_path)).stdout
 
 
 def test_cli_serve_refuses_public_bind_without_auth(tmp_path: Path) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import ipaddress
 import json
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,7 +23,9 @@ from cryptography.x509.oid import NameOID
 from flight_server.app import App
 from flight_server.commands import parse_command
 from flight_server.context import Caller, RequestContext
+from flight_server.errors import ChronoError, PermissionDenied, Unauthenticated, to_flight_error
 from flight_server.oltp import hash_password
+from flight_server.security import caller_of, require
 from flight_server.server import ChronoFlightServer
 from flight_server.settings import AuthSettings, CacheSettings, Settings, TLSSettings
 
@@ -193,6 +196,70 @@ def test_security_refuses_public_bind_without_auth(tmp_path: Path) -> None:
             ChronoFlightServer(app)
     finally:
         app.close()
+
+
+# -- failing closed ----------------------------------------------------------------------
+
+
+class _Recorder(flight.ServerMiddlewareFactory):  # type: ignore[misc]
+    """Middleware a deployment might add (tracing, logging): records the calls it sees."""
+
+    def __init__(self) -> None:
+        self.methods: list[flight.FlightMethod] = []
+
+    def start_call(self, info: flight.CallInfo, headers: dict[str, list[str]]) -> None:
+        self.methods.append(info.method)
+
+
+def test_security_extra_middleware_cannot_drop_authentication(tmp_path: Path) -> None:
+    app = App(Settings(data_dir=tmp_path, port=0, auth=AuthSettings(jwt_secret=SECRET)))
+    recorder = _Recorder()
+    server = None
+    try:
+        with pytest.raises(ValueError, match="'auth' is reserved by the server"):
+            ChronoFlightServer(app, "grpc://127.0.0.1:0", middleware={"auth": recorder})
+        server = ChronoFlightServer(app, "grpc://127.0.0.1:0", middleware={"tracing": recorder})
+        threading.Thread(target=server.serve, daemon=True).start()
+        client = flight.connect(f"grpc://127.0.0.1:{server.port}")
+        ticket = flight.Ticket(b'{"sql": "SELECT 1 AS v"}')
+        with pytest.raises(flight.FlightUnauthenticatedError, match="missing authorization header"):
+            client.do_get(ticket).read_all()
+        with pytest.raises(flight.FlightUnauthenticatedError, match="invalid token"):
+            list(client.list_flights(options=options("forged")))
+        assert client.do_get(ticket, options=options(token("admin"))).read_all().column("v")[0].as_py() == 1
+        assert recorder.methods == [flight.FlightMethod.DO_GET]  # it only sees calls authentication let in
+    finally:
+        if server is not None:
+            server.shutdown()
+        app.close()
+
+
+class _WithoutAuth(flight.FlightServerBase):  # type: ignore[misc]
+    """A server wired without the auth middleware, asking for the caller all the same."""
+
+    def list_flights(self, context: flight.ServerCallContext, criteria: bytes) -> Any:
+        try:
+            caller_of(context)
+        except ChronoError as exc:
+            raise to_flight_error(exc) from None
+        return iter([])
+
+
+def test_security_no_auth_middleware_means_no_caller() -> None:
+    nobody = Caller()
+    assert (nobody.role, nobody.projects, nobody.scope) == ("none", (), "")
+    for permission in ("query", "metadata", "sql", "ingest", "admin"):
+        with pytest.raises(PermissionDenied, match="role 'none' may not"):
+            require(nobody, permission, "do this")
+    with pytest.raises(Unauthenticated, match="could not authenticate"):
+        caller_of(None)
+    server = _WithoutAuth("grpc://127.0.0.1:0")
+    threading.Thread(target=server.serve, daemon=True).start()
+    try:
+        with pytest.raises(flight.FlightUnauthenticatedError, match="could not authenticate the call"):
+            list(flight.connect(f"grpc://127.0.0.1:{server.port}").list_flights())
+    finally:
+        server.shutdown()
 
 
 # -- TLS -----------------------------------------------------------------------------------
