@@ -31,7 +31,7 @@ PREFIX = "ARROW:FLIGHT:SQL:"
 
 
 def _ctx(role: str = "admin") -> RequestContext:
-    return RequestContext(rpc="test", caller=Caller(role=role))
+    return RequestContext(rpc="test", caller=Caller(role=role, projects=None if role == "admin" else ()))
 
 
 def _utf8(name: str, nullable: bool = True) -> pa.Field:
