@@ -270,10 +270,22 @@ class DatasetRegistry:
 
     # -- commits -----------------------------------------------------------------------
 
-    def commit(self, dataset: Dataset, schema: pa.Schema, files: list[DataFile]) -> None:
-        """Make a put's files part of the dataset, atomically, under the new schema."""
+    def commit(
+        self,
+        dataset: Dataset,
+        schema: pa.Schema,
+        files: list[DataFile],
+        check: Callable[[pa.Schema | None, pa.Schema], None] | None = None,
+    ) -> None:
+        """Make a put's files part of the dataset, atomically, under the new schema.
+
+        `check(current, merged)` runs under the dataset's lock before anything is
+        published; if it raises, the dataset stays as it was.
+        """
         with dataset.lock:
             merged = merge_schema(dataset.schema, schema)
+            if check is not None:
+                check(dataset.schema, merged)
             self._publish(dataset, merged, [*dataset.files, *files])
 
     def replace(self, dataset: Dataset, old: list[DataFile], new: list[DataFile]) -> None:

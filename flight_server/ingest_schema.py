@@ -190,9 +190,11 @@ class Conformer:
                 raise InvalidArgument(f"required column '{part.source}' is missing")
             if not widens(source.field(self.source_index).type, pa.date32()):
                 raise InvalidArgument(f"column '{part.source}' is {source.field(self.source_index).type}; send date32")
+        self.added: list[str] = []  # columns the dataset lacks (all of a new dataset's)
         for name, i in sorted(index.items(), key=lambda item: item[1]):
             if name not in derived:  # the server derives partition keys; sent ones are ignored
                 columns.append(_Column(source.field(i).name, i, normalize(source.field(i).type), False))
+                self.added.append(source.field(i).name)
         width = len(columns) + (len(part.keys) if part else 0)
         if width > max_columns:
             raise InvalidArgument(f"dataset '{dataset.name}' would have {width} columns; the limit is {max_columns}")

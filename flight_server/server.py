@@ -282,7 +282,7 @@ class ChronoFlightServer(flight.FlightServerBase):  # type: ignore[misc]
             if descriptor.descriptor_type != flight.DescriptorType.PATH or len(descriptor.path) != 1:
                 raise InvalidArgument("DoPut takes FlightDescriptor.for_path(dataset), e.g. for_path('cdx_records')")
             require(ctx.caller, "ingest", "ingest data")
-            result = self.app.ingest.put(descriptor.path[0], reader, context.is_cancelled)
+            result = self.app.ingest.put(descriptor.path[0], reader, context.is_cancelled, caller=ctx.caller)
             writer.write(pa.py_buffer(_metadata_bytes(result)))
             self._log(
                 ctx,

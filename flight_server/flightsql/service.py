@@ -152,7 +152,7 @@ class FlightSqlService:
         name = _refuse(command)
         if isinstance(command, sql.CommandStatementIngest):
             require(ctx.caller, "ingest", "ingest data")
-            result = ingest(self.app, command, reader, cancelled)
+            result = ingest(self.app, command, reader, cancelled, ctx.caller)
             answer = sql.DoPutUpdateResult(record_count=result["rows"]).SerializeToString()
             return answer, "ingest", {"dataset": command.table.lower(), "rows": result["rows"]}
         if isinstance(command, sql.CommandPreparedStatementQuery):
