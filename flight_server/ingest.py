@@ -135,6 +135,10 @@ class IngestService:
             )
         if name in self.datasets.reserved:
             raise InvalidArgument(f"dataset name '{name}' is a reserved SQL word; choose another")
+        if self.datasets.shadows_system(name):
+            raise InvalidArgument(
+                f"dataset name '{name}' is the name of a system view or table function of the engines; choose another"
+            )
         owner = self._owner(name)
         if owner is not None:
             raise InvalidArgument(f"'{name}' is already a table of engine {owner}; choose another dataset name")
