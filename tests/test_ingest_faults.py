@@ -164,6 +164,24 @@ def test_ingest_rejects_names_that_shadow_system_views(
     assert name not in empty_server.app.registry.tables()
 
 
+def test_ingest_does_not_serve_a_stored_dataset_named_like_a_system_view(tmp_path: Path) -> None:
+    handle = start_server(tmp_path)
+    try:
+        put(handle, "plain_events", pa.table({"a": [1, 2]}))
+    finally:
+        stop_server(handle)
+    # what an older server could have stored under a name that shadows DuckDB's sqlite_master
+    (tmp_path / "datasets" / "plain_events").rename(tmp_path / "datasets" / "sqlite_master")
+    handle = start_server(tmp_path)
+    try:
+        listed = {info.descriptor.path[0].decode() for info in handle.client.list_flights() if info.descriptor.path}
+        assert "sqlite_master" not in listed
+        with pytest.raises(pa.ArrowInvalid, match="unknown table 'sqlite_master'"):
+            handle.get({"sql": "SELECT * FROM sqlite_master"})
+    finally:
+        stop_server(handle)
+
+
 def test_ingest_rejects_descriptors_that_name_no_single_dataset(empty_server: ServerHandle) -> None:
     rows = pa.table({"a": [1]})
     for descriptor in (
