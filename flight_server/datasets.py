@@ -43,6 +43,14 @@ MANIFEST = "_manifest.json"
 TEMP_PREFIX = ".tmp-"
 VIEW_COMMENT = "chrono-flight dataset"
 DATASET_NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
+# prefixes of the engines' catalog names (every relation of PostgreSQL's pg_catalog is pg_...)
+SYSTEM_PREFIXES = ("pg_", "sqlite_", "duckdb_")
+# names a bare `FROM name` resolves to in DuckDB's system catalog, and its table functions:
+# a dataset view main.<name> would shadow the former and confuse tools over the latter
+_SYSTEM_NAMES_SQL = (
+    "SELECT view_name FROM duckdb_views() WHERE internal AND schema_name IN ('main', 'pg_catalog') "
+    "UNION SELECT function_name FROM duckdb_functions() WHERE function_type IN ('table', 'table_macro')"
+)
 RETIRE_GRACE_S = 5.0  # replaced files outlive the last query that may still read them by this much
 
 
@@ -155,6 +163,11 @@ class DatasetRegistry:
         self._retired: list[tuple[float, list[Path]]] = []
         reserved = self._sql("SELECT keyword_name FROM duckdb_keywords() WHERE keyword_category = 'reserved'")
         self.reserved = frozenset(str(word).lower() for word in reserved)
+        self.system_names = frozenset(str(name).lower() for name in self._sql(_SYSTEM_NAMES_SQL))
+
+    def shadows_system(self, name: str) -> bool:
+        """Whether a dataset `name` is (or may become) a system view or table function of an engine."""
+        return name in self.system_names or name.startswith(SYSTEM_PREFIXES) or name == "information_schema"
 
     def _sql(self, sql: str) -> list[Any]:
         cursor = self._connect()
@@ -178,7 +191,7 @@ class DatasetRegistry:
             name = directory.name
             if name in KNOWN_DATASETS or not directory.is_dir():
                 continue
-            if not DATASET_NAME.fullmatch(name):
+            if not DATASET_NAME.fullmatch(name) or self.shadows_system(name):
                 logger.warning("ignoring a directory that is no dataset", extra={"fields": {"name": name}})
                 continue
             if not (directory / MANIFEST).exists():
@@ -270,10 +283,22 @@ class DatasetRegistry:
 
     # -- commits -----------------------------------------------------------------------
 
-    def commit(self, dataset: Dataset, schema: pa.Schema, files: list[DataFile]) -> None:
-        """Make a put's files part of the dataset, atomically, under the new schema."""
+    def commit(
+        self,
+        dataset: Dataset,
+        schema: pa.Schema,
+        files: list[DataFile],
+        check: Callable[[pa.Schema | None, pa.Schema], None] | None = None,
+    ) -> None:
+        """Make a put's files part of the dataset, atomically, under the new schema.
+
+        `check(current, merged)` runs under the dataset's lock before anything is
+        published; if it raises, the dataset stays as it was.
+        """
         with dataset.lock:
             merged = merge_schema(dataset.schema, schema)
+            if check is not None:
+                check(dataset.schema, merged)
             self._publish(dataset, merged, [*dataset.files, *files])
 
     def replace(self, dataset: Dataset, old: list[DataFile], new: list[DataFile]) -> None:

@@ -24,6 +24,7 @@ from typing import Any, Protocol
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from flight_server.context import Caller
 from flight_server.datasets import (
     DataFile,
     Dataset,
@@ -41,6 +42,7 @@ from flight_server.errors import (
     one_line,
 )
 from flight_server.ingest_schema import Conformer
+from flight_server.ingest_scope import WriteScope
 from flight_server.parquet_sink import ParquetSink
 from flight_server.settings import IngestSettings
 
@@ -133,6 +135,10 @@ class IngestService:
             )
         if name in self.datasets.reserved:
             raise InvalidArgument(f"dataset name '{name}' is a reserved SQL word; choose another")
+        if self.datasets.shadows_system(name):
+            raise InvalidArgument(
+                f"dataset name '{name}' is the name of a system view or table function of the engines; choose another"
+            )
         owner = self._owner(name)
         if owner is not None:
             raise InvalidArgument(f"'{name}' is already a table of engine {owner}; choose another dataset name")
@@ -144,12 +150,14 @@ class IngestService:
         reader: Any,
         cancelled: Callable[[], bool] = lambda: False,
         *,
+        caller: Caller,
         replace: bool = False,
     ) -> dict[str, Any]:
         """Stream a DoPut into its dataset; the put result once it is durable and visible.
 
         `replace` swaps the dataset's files and schema for the put's in one commit
-        (datasets without a base table only).
+        (datasets without a base table only). What `caller` may write is checked before
+        the first batch is read, on every batch, and again at the commit (ingest_scope.py).
         """
         self.datasets.sweep_retired()
         dataset = self.resolve(raw_name)
@@ -157,6 +165,8 @@ class IngestService:
             raise InvalidArgument(f"dataset '{dataset.name}' has a base table and cannot be replaced; append instead")
         target = Dataset(dataset.name, dataset.directory) if replace else dataset
         conformer = Conformer(reader.schema, target, self.settings.max_columns, self.settings.max_nesting_depth)
+        scope = WriteScope(caller, dataset.name, conformer.schema)
+        scope.check_schema(dataset.schema, conformer.added, replace)
         prefix = f"put-{uuid.uuid4().hex[:16]}"
         sink = ParquetSink(dataset.directory, prefix, conformer.schema, self.settings, conformer.partition_of)
         rows = size = 0
@@ -171,7 +181,9 @@ class IngestService:
                     raise ResourceExhausted(
                         f"put has more than {self.settings.max_put_bytes:,} Arrow bytes; nothing was stored, split it"
                     )
-                sink.write(*conformer.conform(batch))
+                conformed, codes = conformer.conform(batch)
+                scope.check_rows(conformed)
+                sink.write(conformed, codes)
             if cancelled():
                 raise Cancelled("the client went away before the put finished; nothing was stored")
             files = sink.finish(ensure_file=replace or dataset.schema is None)
@@ -180,7 +192,7 @@ class IngestService:
             if replace:
                 self.datasets.replace_all(dataset, conformer.schema, files)
             else:
-                self.datasets.commit(dataset, conformer.schema, files)
+                self.datasets.commit(dataset, conformer.schema, files, check=scope.check_commit)
         except BaseException as exc:
             sink.abort()
             raise _storage_error(exc) from None

@@ -87,6 +87,19 @@ def check_field(f: pa.Field, max_depth: int, depth: int = 0, where: str = "") ->
         raise InvalidArgument(f"column '{name}' has type {t}, which datasets do not store")
 
 
+def leaf_columns(t: pa.DataType) -> int:
+    """How many Parquet leaf columns a column of type `t` is stored as (at least one)."""
+    if pa.types.is_dictionary(t):
+        return leaf_columns(t.value_type)
+    if any(is_list(t) for is_list in _LISTS):
+        return leaf_columns(t.value_type)
+    if pa.types.is_struct(t):
+        return max(1, sum(leaf_columns(t.field(i).type) for i in range(t.num_fields)))
+    if pa.types.is_map(t):
+        return leaf_columns(t.key_type) + leaf_columns(t.item_type)
+    return 1
+
+
 def normalize(t: pa.DataType) -> pa.DataType:
     """The type a column is stored as: dictionaries decoded, view types made plain."""
     if pa.types.is_dictionary(t):
@@ -190,10 +203,13 @@ class Conformer:
                 raise InvalidArgument(f"required column '{part.source}' is missing")
             if not widens(source.field(self.source_index).type, pa.date32()):
                 raise InvalidArgument(f"column '{part.source}' is {source.field(self.source_index).type}; send date32")
+        self.added: list[str] = []  # columns the dataset lacks (all of a new dataset's)
         for name, i in sorted(index.items(), key=lambda item: item[1]):
             if name not in derived:  # the server derives partition keys; sent ones are ignored
                 columns.append(_Column(source.field(i).name, i, normalize(source.field(i).type), False))
-        width = len(columns) + (len(part.keys) if part else 0)
+                self.added.append(source.field(i).name)
+        # what a column costs is its leaves (Parquet columns): a struct counts its fields
+        width = sum(leaf_columns(c.type) for c in columns) + (len(part.keys) if part else 0)
         if width > max_columns:
             raise InvalidArgument(f"dataset '{dataset.name}' would have {width} columns; the limit is {max_columns}")
         self._columns = columns

@@ -22,6 +22,7 @@ from flight_server.context import Caller, RequestContext
 from flight_server.errors import ChronoError, InvalidArgument, NotFound, ResourceExhausted, to_flight_error
 from flight_server.executor import OpenResult, Plan
 from flight_server.flightsql.actions import SQL_ACTIONS
+from flight_server.flightsql.prepared import BoundRun
 from flight_server.flightsql.protocol import unpack_command
 from flight_server.flightsql.service import FlightSqlService
 from flight_server.flightsql.types import conform_result
@@ -172,6 +173,8 @@ class ChronoFlightServer(flight.FlightServerBase):  # type: ignore[misc]
             target = self.sql.ticket(sql_command, ctx)
             if isinstance(target, Plan):
                 return self._serve(context, ctx, target, client_types=True)
+            if isinstance(target, BoundRun):
+                return flight.GeneratorStream(target.schema, self._stream_bound(ctx, target))
             budget = _Budget.for_caller(ctx.caller, self.app.settings)
             for batch in target.to_batches():
                 budget.spend(batch)
@@ -238,6 +241,29 @@ class ChronoFlightServer(flight.FlightServerBase):  # type: ignore[misc]
             self.app.limits.release(ctx.caller)
             self._log(ctx, result.plan.label, status, engine=result.plan.engine, cache=result.cache, **sent)
 
+    def _stream_bound(self, ctx: RequestContext, run: BoundRun) -> Iterator[pa.RecordBatch]:
+        """A prepared statement bound to many rows, row by row, held to the caller's result budget.
+
+        The budget is spent on each batch as it is produced: the run stops with
+        RESOURCE_EXHAUSTED at the first batch past it, before any further row runs.
+        """
+        budget = _Budget.for_caller(ctx.caller, self.app.settings)
+        status, sent = "cancelled", {"rows": 0, "bytes": 0}
+        batches = run.batches()
+        try:
+            for batch in batches:
+                budget.spend(batch)
+                sent["rows"] += batch.num_rows
+                sent["bytes"] += batch.nbytes
+                yield batch
+            status = "ok"
+        except Exception as exc:
+            status = exc.status if isinstance(exc, ChronoError) else "internal"
+            raise to_flight_error(exc) from None
+        finally:
+            batches.close()
+            self._log(ctx, "prepared.rows", status, parameter_rows=run.rows, **sent)
+
     def do_put(
         self,
         context: flight.ServerCallContext,
@@ -255,7 +281,7 @@ class ChronoFlightServer(flight.FlightServerBase):  # type: ignore[misc]
             if descriptor.descriptor_type != flight.DescriptorType.PATH or len(descriptor.path) != 1:
                 raise InvalidArgument("DoPut takes FlightDescriptor.for_path(dataset), e.g. for_path('cdx_records')")
             require(ctx.caller, "ingest", "ingest data")
-            result = self.app.ingest.put(descriptor.path[0], reader, context.is_cancelled)
+            result = self.app.ingest.put(descriptor.path[0], reader, context.is_cancelled, caller=ctx.caller)
             writer.write(pa.py_buffer(_metadata_bytes(result)))
             self._log(
                 ctx,

@@ -89,7 +89,7 @@ class IngestSettings(BaseModel):
         4 * 1024**3, ge=1, description="most Arrow bytes one DoPut may send (RESOURCE_EXHAUSTED past it)"
     )
     max_put_rows: int = Field(100_000_000, ge=1, description="most rows one DoPut may send")
-    max_columns: int = Field(256, ge=1, description="most columns a dataset may have")
+    max_columns: int = Field(256, ge=1, description="most columns a dataset may have (each field of a struct counts)")
     max_nesting_depth: int = Field(4, ge=1, description="deepest nesting of list and struct types")
     zstd_level: int = Field(3, ge=1, le=22, description="ZSTD level of ingested Parquet files")
     row_group_rows: int = Field(1_000_000, ge=1024, description="rows per Parquet row group")

@@ -6,6 +6,7 @@ import datetime as dt
 import json
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import adbc_driver_manager
@@ -15,11 +16,14 @@ import pyarrow as pa
 import pyarrow.flight as flight
 import pytest
 
+from flight_server.demo import DEMO_PROJECTS
 from flight_server.flightsql import flight_cancel_pb2 as cancel_pb
 from flight_server.flightsql import flight_sql_pb2 as sql
+from flight_server.settings import AuthSettings, CacheSettings, LimitSettings
 
-from conftest import ServerHandle
+from conftest import ServerHandle, start_server, stop_server
 from flightsql_helpers import action, connect, descriptor, wait_for
+from test_security import SECRET, options, token
 
 SLOW = "SELECT count(*) FROM cdx_records a, cdx_records b WHERE a.domain || b.domain = 'x'"
 
@@ -74,6 +78,55 @@ def test_flightsql_many_parameter_rows_run_once_each(conn: Any) -> None:
         result = cur.fetch_arrow_table().to_pylist()
     assert [r["domain"] for r in result] == rows.column(0).to_pylist()
     assert result[0]["n"] > 0 and result[2]["n"] == 0
+
+
+def _run_bound(handle: ServerHandle, bearer: str, query: str, values: list[Any]) -> pa.Table:
+    """Prepare `query`, bind one parameter row per value (DoPut), then fetch the result."""
+    call = options(bearer)
+    request = sql.ActionCreatePreparedStatementRequest(query=query)
+    [raw] = action(handle.client, "CreatePreparedStatement", _pack(request), call)
+    prepared = _unpack(raw, sql.ActionCreatePreparedStatementResult)
+    [name] = pa.ipc.read_schema(pa.py_buffer(prepared.parameter_schema)).names
+    command = sql.CommandPreparedStatementQuery(prepared_statement_handle=prepared.prepared_statement_handle)
+    rows = pa.table({name: pa.array(values, pa.string())})
+    writer, acks = handle.client.do_put(descriptor(command), rows.schema, options=call)
+    writer.write_table(rows)
+    writer.done_writing()
+    acks.read()
+    writer.close()
+    info = handle.client.get_flight_info(descriptor(command), options=call)
+    return handle.client.do_get(info.endpoints[0].ticket, options=call).read_all()
+
+
+def test_flightsql_bound_rows_stream_under_the_result_budget(tmp_path: Path) -> None:
+    limit, per_row, bound = 1_000, 100, 200
+    handle = start_server(
+        tmp_path,
+        rows=5_000,
+        auth=AuthSettings(jwt_secret=SECRET),
+        cache=CacheSettings(warm_top_n=0),
+        limits=LimitSettings(max_result_rows=limit),
+    )
+    # each parameter row runs the statement once: a distinct value is a cache miss of its own
+    query = f"SELECT id FROM cdx_records WHERE id <> $1 LIMIT {per_row}"
+    analyst = token("analyst", [project for project, _, _ in DEMO_PROJECTS])
+
+    def runs() -> int:
+        [stats] = action(handle.client, "cache.stats", b"", options(token("admin")))
+        return int(json.loads(stats)["misses"])
+
+    try:
+        before = runs()
+        with pytest.raises(flight.FlightServerError, match="RESOURCE_EXHAUSTED: result larger than your row"):
+            _run_bound(handle, analyst, query, [f"a-{i}" for i in range(bound)])
+        # the run stopped at the first row past the budget instead of running all 200 first
+        assert runs() - before == limit // per_row + 1
+        assert _run_bound(handle, analyst, query, [f"b-{i}" for i in range(5)]).num_rows == 5 * per_row
+        before = runs()
+        everything = _run_bound(handle, token("admin"), query, [f"c-{i}" for i in range(bound)])
+        assert everything.num_rows == bound * per_row and runs() - before == bound
+    finally:
+        stop_server(handle)
 
 
 def test_flightsql_prepared_statement_is_reused(conn: Any) -> None:

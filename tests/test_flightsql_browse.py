@@ -73,6 +73,23 @@ def test_flightsql_get_objects_filters(conn: Any) -> None:
     assert tables == ["cdx_records"]
 
 
+# the pattern took seconds; with more '%' a regex translation backtracks for minutes
+# on one 30-character name, holding the GIL: the marker bounds what linear matching needs
+@pytest.mark.timeout(30, method="thread")
+@pytest.mark.parametrize("pattern", ["%%%%%%%%%%#", "%" * 12 + "#", "%_" * 12 + "#", "c%" * 12 + "#%"])
+def test_flightsql_get_tables_with_a_pathological_like_pattern_answers(
+    hybrid_server: ServerHandle, pattern: str
+) -> None:
+    client = hybrid_server.client
+    info = client.get_flight_info(descriptor(sql.CommandGetTables(table_name_filter_pattern=pattern)))
+    assert client.do_get(info.endpoints[0].ticket).read_all().num_rows == 0
+    # the same filters still find what they should
+    found = sql.CommandGetTables(table_name_filter_pattern="%%%%%%%%%%s")
+    info = client.get_flight_info(descriptor(found))
+    names = client.do_get(info.endpoints[0].ticket).read_all().column("table_name").to_pylist()
+    assert "cdx_records" in names and all(name.endswith("s") for name in names)
+
+
 def test_flightsql_get_table_schema(conn: Any, hybrid_server: ServerHandle) -> None:
     schema = conn.adbc_get_table_schema("cdx_records", catalog_filter="duckdb", db_schema_filter="main")
     expected = hybrid_server.get({"sql": "SELECT * FROM cdx_records LIMIT 0"}).schema

@@ -152,6 +152,36 @@ def test_ingest_rejects_bad_dataset_names(empty_server: ServerHandle, client: Ch
     assert not (empty_server.data_dir.parent / "x").exists() and not Path("/abs").exists()
 
 
+@pytest.mark.parametrize(
+    "name", ["sqlite_master", "pg_settings", "duckdb_tables", "pg_class", "pragma_database_list", "range", "pg_new_one"]
+)
+def test_ingest_rejects_names_that_shadow_system_views(
+    empty_server: ServerHandle, client: ChronoFlightClient, name: str
+) -> None:
+    with pytest.raises(InvalidArgument, match=f"'{name}' is the name of a system view or table function"):
+        client.ingest(name, pa.table({"a": [1]}))
+    assert not (empty_server.data_dir / "datasets" / name).exists()
+    assert name not in empty_server.app.registry.tables()
+
+
+def test_ingest_does_not_serve_a_stored_dataset_named_like_a_system_view(tmp_path: Path) -> None:
+    handle = start_server(tmp_path)
+    try:
+        put(handle, "plain_events", pa.table({"a": [1, 2]}))
+    finally:
+        stop_server(handle)
+    # what an older server could have stored under a name that shadows DuckDB's sqlite_master
+    (tmp_path / "datasets" / "plain_events").rename(tmp_path / "datasets" / "sqlite_master")
+    handle = start_server(tmp_path)
+    try:
+        listed = {info.descriptor.path[0].decode() for info in handle.client.list_flights() if info.descriptor.path}
+        assert "sqlite_master" not in listed
+        with pytest.raises(pa.ArrowInvalid, match="unknown table 'sqlite_master'"):
+            handle.get({"sql": "SELECT * FROM sqlite_master"})
+    finally:
+        stop_server(handle)
+
+
 def test_ingest_rejects_descriptors_that_name_no_single_dataset(empty_server: ServerHandle) -> None:
     rows = pa.table({"a": [1]})
     for descriptor in (
@@ -213,6 +243,10 @@ def test_ingest_rejects_uploads_over_the_limits(tmp_path: Path) -> None:
             too_wide = pa.table({f"c{i}": [i] for i in range(15)})
             with pytest.raises(InvalidArgument, match="15 columns; the limit is 14"):
                 client.ingest("too_wide", too_wide)
+            # a struct is stored as a column per field: 15 fields in one column are 15 columns
+            fields = pa.StructArray.from_arrays([pa.array([i]) for i in range(15)], [f"f{i}" for i in range(15)])
+            with pytest.raises(InvalidArgument, match="15 columns; the limit is 14"):
+                client.ingest("too_wide_nested", pa.table({"s": fields}))
             deep = pa.table({"d": pa.array([[[[1]]]], pa.list_(pa.list_(pa.list_(pa.int8()))))})
             with pytest.raises(InvalidArgument, match="nests deeper than 2"):
                 client.ingest("too_deep", deep)

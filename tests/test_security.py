@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import adbc_driver_manager
 import jwt
 import pyarrow as pa
 import pyarrow.flight as flight
@@ -30,6 +31,7 @@ from flight_server.server import ChronoFlightServer
 from flight_server.settings import AuthSettings, CacheSettings, Settings, TLSSettings
 
 from conftest import ServerHandle, start_server, stop_server
+from flightsql_helpers import connect
 
 SECRET = "a-test-secret-long-enough-for-hs256-signing"
 
@@ -161,6 +163,100 @@ def test_security_ingest_needs_service_or_admin(secured: ServerHandle) -> None:
             with pytest.raises(flight.FlightUnauthorizedError):
                 writer.write_table(table)
                 writer.close()
+
+
+# -- write scoping: a scoped caller puts only rows of its own projects ------------------------
+
+
+def put_as(handle: ServerHandle, dataset: str, data: pa.Table, bearer: str, chunk: int | None = None) -> Any:
+    """A DoPut with a bearer token; the put result."""
+    writer, acks = handle.client.do_put(flight.FlightDescriptor.for_path(dataset), data.schema, options=options(bearer))
+    writer.write_table(data, max_chunksize=chunk)
+    writer.done_writing()
+    ack = acks.read()
+    writer.close()
+    return json.loads(ack.to_pybytes())
+
+
+def captures(domain: str, projects: list[str | None]) -> pa.Table:
+    n = len(projects)
+    return pa.table(
+        {
+            "id": [f"{domain}-{i}" for i in range(n)],
+            "domain": [domain] * n,
+            "original_url": [f"https://{domain}/{i}" for i in range(n)],
+            "unix_timestamp": pa.array([1_714_521_600 + i for i in range(n)], pa.int64()),
+            "project_id": pa.array(projects, pa.string()),
+        }
+    )
+
+
+def dataset_files(handle: ServerHandle) -> list[str]:
+    root = handle.data_dir / "datasets"
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
+
+
+def stored(handle: ServerHandle, domain: str) -> int:
+    found = get(handle, {"sql": f"SELECT count(*) AS n FROM cdx_records WHERE domain = '{domain}'", "cache": "bypass"},
+                token("admin"))  # fmt: skip
+    return int(found.column("n")[0].as_py())
+
+
+def test_security_service_cannot_put_rows_of_another_project(secured: ServerHandle) -> None:
+    service = token("service", ["proj-001"])
+    before = dataset_files(secured)
+    # the foreign rows come in the third batch, after rows the caller may write
+    mixed = captures("foreign.example", ["proj-001"] * 20 + ["proj-002"] * 3)
+    with pytest.raises(flight.FlightUnauthorizedError, match="no write access to project 'proj-002'"):
+        put_as(secured, "cdx_records", mixed, service, chunk=10)
+    with pytest.raises(flight.FlightUnauthorizedError, match="no project_id"):
+        put_as(secured, "cdx_records", captures("nulls.example", ["proj-001", None]), service)
+    without = captures("missing.example", ["proj-001"]).drop_columns(["project_id"])
+    with pytest.raises(flight.FlightUnauthorizedError, match="no project_id"):
+        put_as(secured, "cdx_records", without, service)
+    assert stored(secured, "foreign.example") == stored(secured, "nulls.example") == stored(secured, "missing.example")
+    assert stored(secured, "foreign.example") == 0
+    assert dataset_files(secured) == before  # nothing committed, nothing left behind
+    assert put_as(secured, "cdx_records", captures("own.example", ["proj-001"] * 3), service)["rows"] == 3
+    assert put_as(secured, "cdx_records", captures("any.example", ["proj-002", None]), token("admin"))["rows"] == 2
+
+
+def test_security_service_cannot_widen_a_shared_schema(secured: ServerHandle) -> None:
+    service = token("service", ["proj-001"])
+    junk = captures("junk.example", ["proj-001"])
+    for i in range(50):
+        junk = junk.append_column(f"junk_{i}", pa.array(["x"], pa.string()))
+    columns = get(secured, {"sql": "SELECT * FROM cdx_records LIMIT 0"}, token("admin")).column_names
+    with pytest.raises(flight.FlightUnauthorizedError, match="only an admin may add columns to dataset 'cdx_records'"):
+        put_as(secured, "cdx_records", junk, service)
+    assert get(secured, {"sql": "SELECT * FROM cdx_records LIMIT 0"}, token("admin")).column_names == columns
+    # a new dataset is the service's to create; once it exists, its schema is an admin's to change
+    first = pa.table({"project_id": ["proj-001"], "n": [1]})
+    assert put_as(secured, "sec_shared", first, service)["rows"] == 1
+    with pytest.raises(flight.FlightUnauthorizedError, match=r"only an admin may add columns.*new: extra"):
+        put_as(secured, "sec_shared", first.append_column("extra", pa.array([2])), service)
+    assert put_as(secured, "sec_shared", first.append_column("extra", pa.array([2])), token("admin"))["rows"] == 1
+
+
+def test_security_project_column_matches_without_case(secured: ServerHandle) -> None:
+    service = token("service", ["proj-001"])
+    cased = pa.table({"Project_ID": ["proj-001", "proj-002"], "n": [1, 2]})
+    with pytest.raises(flight.FlightUnauthorizedError, match="no write access to project 'proj-002'"):
+        put_as(secured, "sec_cased", cased, service)
+    assert not (secured.data_dir / "datasets" / "sec_cased").exists()
+
+
+def test_security_flightsql_bulk_ingest_is_scoped(secured: ServerHandle) -> None:
+    bearer = {"adbc.flight.sql.authorization_header": f"Bearer {token('service', ['proj-001'])}"}
+    with connect(secured, **bearer) as conn, conn.cursor() as cur:
+        with pytest.raises(adbc_driver_manager.Error, match="no write access to project 'proj-002'"):
+            cur.adbc_ingest("cdx_records", captures("bulk.example", ["proj-002"]), mode="append")
+        own = pa.table({"project_id": ["proj-001"], "n": [5]})
+        assert cur.adbc_ingest("sec_bulk", own, mode="create") == 1
+        with pytest.raises(adbc_driver_manager.Error, match="only an admin may replace dataset 'sec_bulk'"):
+            cur.adbc_ingest("sec_bulk", own, mode="replace")
+        assert cur.adbc_ingest("cdx_records", captures("bulk.example", ["proj-001"]), mode="append") == 1
+    assert stored(secured, "bulk.example") == 1
 
 
 def test_security_basic_auth_handshake_returns_a_bearer_token(secured: ServerHandle) -> None:

@@ -69,25 +69,66 @@ class TableEntry:
 # -- LIKE patterns --------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class LikePattern:
+    """A LIKE pattern as its segments between `%`, each a fixed-width regex of literals and `.`.
+
+    Matching takes linear time in the value for each segment, whatever the pattern: the
+    first segment must match at the start, the last at the end, and each middle one is
+    searched leftmost after the previous. Taking the leftmost place of each middle segment
+    is never wrong, since any later place leaves less room for the rest; runs of `%` are
+    empty middle segments and skipped. (A translation to one regex of `.*` parts would
+    backtrack: `%%%%%%%%%%#` costs seconds on a 20-character name.)
+    """
+
+    segments: tuple[tuple[re.Pattern[str], int], ...]  # (regex, width) in pattern order
+
+    @classmethod
+    def parse(cls, pattern: str) -> LikePattern:
+        """Split at unescaped `%`; `_` is any one character; ESCAPE makes the next one literal."""
+        segments: list[tuple[re.Pattern[str], int]] = []
+        parts: list[str] = []
+        i = 0
+        while i <= len(pattern):
+            char = pattern[i] if i < len(pattern) else "%"
+            if char == ESCAPE and i + 1 < len(pattern):
+                parts.append(re.escape(pattern[i + 1]))
+                i += 2
+                continue
+            if char == "%":
+                segments.append((re.compile("".join(parts), re.DOTALL), len(parts)))
+                parts = []
+            else:
+                parts.append("." if char == "_" else re.escape(char))
+            i += 1
+        return cls(tuple(segments))
+
+    def matches(self, value: str) -> bool:
+        (first, first_width), *rest = self.segments
+        if not rest:
+            return first.fullmatch(value) is not None
+        *middle, (last, last_width) = rest
+        end = len(value) - last_width  # where the last segment must start
+        if end < first_width or first.match(value) is None:
+            return False
+        position = first_width
+        for segment, width in middle:
+            if width:
+                found = segment.search(value, position, end)
+                if found is None:
+                    return False
+                position = found.end()
+        return last.fullmatch(value, end) is not None
+
+
 @functools.lru_cache(maxsize=256)
-def like_to_regex(pattern: str) -> re.Pattern[str]:
-    """A regular expression that matches a whole string exactly when SQL `LIKE pattern` does."""
-    parts: list[str] = []
-    i = 0
-    while i < len(pattern):
-        char = pattern[i]
-        if char == ESCAPE and i + 1 < len(pattern):
-            parts.append(re.escape(pattern[i + 1]))
-            i += 2
-            continue
-        parts.append(".*" if char == "%" else "." if char == "_" else re.escape(char))
-        i += 1
-    return re.compile("".join(parts), re.DOTALL)
+def like_pattern(pattern: str) -> LikePattern:
+    return LikePattern.parse(pattern)
 
 
 def like(pattern: str | None, value: str) -> bool:
     """Whether `value` matches the LIKE pattern; no pattern matches everything."""
-    return pattern is None or like_to_regex(pattern).fullmatch(value) is not None
+    return pattern is None or like_pattern(pattern).matches(value)
 
 
 # -- engines ---------------------------------------------------------------------------------

@@ -12,8 +12,10 @@ out). The table definition options decide what happens:
 | present | REPLACE | files and schema replaced in one commit (not for the analytics tables) |
 
 Every case is one put: written, fsynced and committed by the dataset manifest, so a
-failed or cancelled ingest leaves nothing visible. Temporary tables and transactions
-are refused: the server keeps no sessions.
+failed or cancelled ingest leaves nothing visible. It is scoped as any put
+(ingest_scope.py): a non-admin caller appends rows of its own projects only, and may
+neither add columns to an existing table nor replace it. Temporary tables and
+transactions are refused: the server keeps no sessions.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from collections.abc import Callable
 from typing import Any
 
 from flight_server.app import App
+from flight_server.context import Caller
 from flight_server.datasets import check_dataset_name
 from flight_server.errors import InvalidArgument, NotFound
 from flight_server.flightsql import flight_sql_pb2 as sql
@@ -30,8 +33,10 @@ from flight_server.flightsql.statements import ENGINE_SCHEMAS
 _Options = sql.CommandStatementIngest.TableDefinitionOptions
 
 
-def ingest(app: App, command: sql.CommandStatementIngest, reader: Any, cancelled: Callable[[], bool]) -> dict[str, Any]:
-    """Run the ingest; the put result ({"rows", "files", "bytes"})."""
+def ingest(
+    app: App, command: sql.CommandStatementIngest, reader: Any, cancelled: Callable[[], bool], caller: Caller
+) -> dict[str, Any]:
+    """Run the ingest for `caller`, scoped as any put; the put result ({"rows", "files", "bytes"})."""
     if command.temporary:
         raise InvalidArgument("temporary tables are not supported: ingest into a named table (a dataset)")
     if command.HasField("transaction_id"):
@@ -46,9 +51,9 @@ def ingest(app: App, command: sql.CommandStatementIngest, reader: Any, cancelled
     if not exists:
         if options.if_not_exist != _Options.TABLE_NOT_EXIST_OPTION_CREATE:
             raise NotFound(f"table '{name}' does not exist; ingest with mode create to create it")
-        return app.ingest.put(name, reader, cancelled)
+        return app.ingest.put(name, reader, cancelled, caller=caller)
     if options.if_exists == _Options.TABLE_EXISTS_OPTION_APPEND:
-        return app.ingest.put(name, reader, cancelled)
+        return app.ingest.put(name, reader, cancelled, caller=caller)
     if options.if_exists == _Options.TABLE_EXISTS_OPTION_REPLACE:
-        return app.ingest.put(name, reader, cancelled, replace=True)
+        return app.ingest.put(name, reader, cancelled, caller=caller, replace=True)
     raise InvalidArgument(f"table '{name}' already exists; ingest with mode append or replace")

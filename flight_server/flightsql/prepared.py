@@ -5,7 +5,8 @@ anyone else it does not exist (NOT_FOUND). A statement unused for
 `FLIGHT_FLIGHTSQL__PREPARED_IDLE_S` is dropped; each caller may hold
 `FLIGHT_FLIGHTSQL__MAX_PREPARED_PER_CALLER` and the server `FLIGHT_FLIGHTSQL__MAX_PREPARED`
 (RESOURCE_EXHAUSTED past either). Bound parameter rows live with the statement until
-the next bind replaces them.
+the next bind replaces them; a statement bound to many rows runs once per row, streamed
+(`BoundRun`).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import secrets
 import threading
 import time
+from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,7 +22,8 @@ import pyarrow as pa
 
 from flight_server.commands import Command
 from flight_server.context import Caller
-from flight_server.errors import NotFound, ResourceExhausted
+from flight_server.errors import InvalidArgument, NotFound, ResourceExhausted
+from flight_server.executor import OpenResult
 from flight_server.settings import FlightSqlSettings
 
 
@@ -93,3 +96,62 @@ class PreparedStatements:
         cutoff = time.monotonic() - self.settings.prepared_idle_s
         for handle in [h for h, s in self._statements.items() if s.last_used < cutoff]:
             del self._statements[handle]
+
+
+class BoundRun:
+    """A statement bound to many parameter rows: run once per row, results streamed in row order.
+
+    Rows run one at a time as the client reads: a row's query is opened only once the
+    previous row's result has been handed on, so the server holds at most one row's
+    result (what its opened result has in hand) however many rows are bound, and a
+    consumer that stops reading (a result budget exceeded, a client gone) stops the run
+    before the next row starts. One query slot is held from the first row to the end.
+    Batches are cast to `schema`, the first row's result schema that the FlightInfo
+    announced.
+    """
+
+    def __init__(
+        self,
+        schema: pa.Schema,
+        rows: int,
+        open_row: Callable[[int], OpenResult],
+        slot: tuple[Callable[[], None], Callable[[], None]],
+    ) -> None:
+        self.schema = schema
+        self.rows = rows
+        self._open_row = open_row
+        self._acquire, self._release = slot
+
+    def batches(self) -> Generator[pa.RecordBatch, None, None]:
+        """Every row's result batches, in order; closing the iterator stops the run."""
+        self._acquire()
+        try:
+            for index in range(self.rows):
+                result = self._open_row(index)
+                try:
+                    for batch in result.batches:
+                        yield self._cast(batch, index)
+                    running = result.running
+                    while running is not None:
+                        try:
+                            batch = running.reader.read_next_batch()
+                        except StopIteration:
+                            break
+                        except Exception as exc:
+                            raise running.translate(exc) from None
+                        yield self._cast(batch, index)
+                finally:
+                    result.close()
+        finally:
+            self._release()
+
+    def _cast(self, batch: pa.RecordBatch, index: int) -> pa.RecordBatch:
+        if batch.schema.equals(self.schema):
+            return batch
+        try:
+            return batch.cast(self.schema)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, ValueError):
+            raise InvalidArgument(
+                f"parameter row {index + 1} gives a result of other types than the first row's; "
+                "bind values of one type for each parameter"
+            ) from None

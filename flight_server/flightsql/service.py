@@ -21,16 +21,16 @@ from flight_server.app import App
 from flight_server.commands import Command, parse_command
 from flight_server.context import RequestContext
 from flight_server.errors import Cancelled, ChronoError, InvalidArgument
-from flight_server.executor import Plan
+from flight_server.executor import OpenResult, Plan
 from flight_server.flightsql import flight_sql_pb2 as sql
 from flight_server.flightsql.browse import MetadataQueries
 from flight_server.flightsql.cancel import QueryTickets
 from flight_server.flightsql.ingest import ingest
 from flight_server.flightsql.metadata import resolve_table
-from flight_server.flightsql.prepared import PreparedStatement, PreparedStatements
+from flight_server.flightsql.prepared import BoundRun, PreparedStatement, PreparedStatements
 from flight_server.flightsql.protocol import pack, unpack_body, unpack_command
 from flight_server.flightsql.statements import bind_rows, parameter_schema, statement_command
-from flight_server.flightsql.types import client_schema
+from flight_server.flightsql.types import client_schema, conform_result
 from flight_server.security import require
 
 READ_ONLY = (
@@ -105,8 +105,8 @@ class FlightSqlService:
 
     # -- DoGet -------------------------------------------------------------------------
 
-    def ticket(self, command: Message, ctx: RequestContext) -> Plan | pa.Table:
-        """What a DoGet runs: a plan for the shared streaming path, or a finished table."""
+    def ticket(self, command: Message, ctx: RequestContext) -> Plan | BoundRun | pa.Table:
+        """What a DoGet runs: a plan for the shared streaming path, a bound run, or a finished table."""
         if self.metadata.handles(command):
             return self.metadata.run(command, ctx)
         if not isinstance(command, sql.TicketStatementQuery):
@@ -130,18 +130,18 @@ class FlightSqlService:
             raise InvalidArgument("malformed statement ticket; ask GetFlightInfo for a new one")
         return self.app.executor.plan(parse_command(json.dumps(handle["command"]).encode()), ctx)
 
-    def _run_many(self, commands: list[Command], ctx: RequestContext) -> pa.Table:
-        """A statement bound to many parameter rows: run once per row, results concatenated."""
-        tables = []
-        self.app.limits.acquire(ctx.caller)
-        try:
-            for command in commands:
-                plan = self.app.executor.plan(command, ctx)
-                table = self.app.executor.run_to_table(plan, ctx)
-                tables.append(table.cast(client_schema(table.schema)))
-        finally:
-            self.app.limits.release(ctx.caller)
-        return pa.concat_tables(tables, promote_options="permissive")
+    def _run_many(self, commands: list[Command], ctx: RequestContext) -> BoundRun:
+        """A statement bound to many parameter rows: run once per row, streamed (`BoundRun`)."""
+        executor = self.app.executor
+        first = executor.plan(commands[0], ctx)
+        schema = client_schema(executor.describe(first, ctx)[0])  # remembered since its FlightInfo
+
+        def open_row(index: int) -> OpenResult:
+            plan = first if index == 0 else executor.plan(commands[index], ctx)
+            return conform_result(executor.open(plan, ctx))
+
+        slot = (lambda: self.app.limits.acquire(ctx.caller), lambda: self.app.limits.release(ctx.caller))
+        return BoundRun(schema, len(commands), open_row, slot)
 
     # -- DoPut -------------------------------------------------------------------------
 
@@ -152,7 +152,7 @@ class FlightSqlService:
         name = _refuse(command)
         if isinstance(command, sql.CommandStatementIngest):
             require(ctx.caller, "ingest", "ingest data")
-            result = ingest(self.app, command, reader, cancelled)
+            result = ingest(self.app, command, reader, cancelled, ctx.caller)
             answer = sql.DoPutUpdateResult(record_count=result["rows"]).SerializeToString()
             return answer, "ingest", {"dataset": command.table.lower(), "rows": result["rows"]}
         if isinstance(command, sql.CommandPreparedStatementQuery):
