@@ -76,7 +76,7 @@ _FLIGHT_ERRORS: dict[str, type[BaseException]] = {
     "internal": flight.FlightInternalError,
 }
 
-_PATH = re.compile(r"(?:/[\w.\-]+){2,}")
+_PATH = re.compile(r"(?:/[\w.\-=+%~@]+){2,}")  # hive partition directories carry "="
 
 
 def one_line(message: str, limit: int = 400) -> str:
