@@ -369,7 +369,8 @@ def test_ingest_survives_a_restart_and_cleans_up(tmp_path: Path) -> None:
         stop_server(handle)
 
 
-def test_ingest_raw_sql_still_cannot_read_files(ingest_server: ServerHandle) -> None:
+def test_ingest_raw_sql_still_cannot_read_files(ingest_server: ServerHandle, client: ChronoFlightClient) -> None:
+    client.ingest("cdx_records", cdx_rows("files.example", 2))  # files of its own, whatever ran before
     files = data_files(ingest_server.data_dir / "datasets")
     assert files
     with pytest.raises(pa.ArrowInvalid, match=r"function read_parquet\(\) is not allowed"):
