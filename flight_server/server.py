@@ -159,7 +159,7 @@ class ChronoFlightServer(flight.FlightServerBase):  # type: ignore[misc]
                 self._log(ctx, sql_command.DESCRIPTOR.name, "ok")
                 return result
             plan = self.app.executor.plan(self._command(descriptor), ctx)
-            schema = self.app.executor.schema(plan)
+            schema, _ = self.app.executor.describe(plan, ctx)
             self._log(ctx, plan.label, "ok", engine=plan.engine)
             return flight.SchemaResult(schema)
 

@@ -22,6 +22,7 @@ from sqlglot import exp
 from sqlglot.errors import ParseError, TokenError
 
 from flight_server.errors import InvalidArgument
+from flight_server.sqlsize import Params, check_generated_sizes
 from flight_server.sqltables import table_references
 
 # Table functions a query may read from: they touch no file, network or setting.
@@ -34,7 +35,7 @@ _FORBIDDEN_FUNCTION = re.compile(
     r"pragma_\w+|checkpoint|force_checkpoint|\w+_metadata|iceberg_\w+|delta_\w+|"
     r"sqlite_\w+|postgres_\w+|mysql_\w+|httpfs_\w+|"
     # PostgreSQL: SQL text run with the server's rights, server files, settings, large objects
-    r"(query|table|cursor|schema|database)_to_\w+|pg_(?!typeof$)\w+|lo_\w+|dblink\w*|set_config)$",
+    r"(query|table|cursor|schema|database)_to_\w+|pg_(?!typeof$|sleep$)\w+|lo_\w+|dblink\w*|set_config)$",
     re.IGNORECASE,
 )
 
@@ -100,6 +101,9 @@ def check_read_only(
     sql: str,
     known_table: Callable[[str], bool],
     syntax_error: Callable[[str], str | None] | None = None,
+    *,
+    max_generated: int | None = None,
+    params: Params = None,
 ) -> CheckedQuery:
     """Parse `sql`, enforce the read-only policy and list the tables it reads.
 
@@ -107,6 +111,8 @@ def check_read_only(
     some engine; any other name is refused, which also closes DuckDB's replacement scans
     (`FROM 'file.csv'`). `syntax_error(sql)` gives the engine's own parser message,
     which is more useful to the user than sqlglot's when the SQL does not parse.
+    `max_generated` bounds what constant calls build at planning (flight_server.sqlsize),
+    with `params` as the values of the placeholders.
     """
     if not sql or not sql.strip():
         raise InvalidArgument("empty SQL; send one SELECT statement")
@@ -139,6 +145,8 @@ def check_read_only(
             continue
         if table.catalog or table.db.lower() not in ("", "main"):
             raise InvalidArgument(f"table {table.sql(dialect='duckdb'):.80} is not in any engine")
+    if max_generated is not None:
+        check_generated_sizes(tree, max_generated, params)
     tables: list[str] = []
     for table in table_references(tree):
         name = table.name.lower()
