@@ -18,11 +18,14 @@ knows the policy without a connection to PostgreSQL.
 from __future__ import annotations
 
 import functools
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import sqlglot
 from sqlglot import exp
+
+from flight_server.errors import PermissionDenied
 
 SECRET_MARK = "secret"  # noqa: S105 - a comment prefix, not a password
 ADMIN_ONLY_MARK = "admin-only"
@@ -39,6 +42,22 @@ class AccessPolicy:
     def visible_columns(self) -> dict[str, tuple[str, ...]]:
         """Each table with secret columns -> the columns a non-admin caller may read."""
         return {t: tuple(c for c in self.columns.get(t, ()) if c not in hidden) for t, hidden in self.secret.items()}
+
+    def restrictions(
+        self, tables: Iterable[str], role: str
+    ) -> tuple[dict[str, tuple[str, ...]], dict[str, frozenset[str]]]:
+        """For a caller of `role` reading `tables` through raw SQL or a dataset: the columns
+        it may read and the secret ones, for each table that has secrets (nothing for
+        admins). PERMISSION_DENIED when a table is admin-only."""
+        if role == "admin":
+            return {}, {}
+        read = set(tables)
+        barred = sorted(read & self.admin_only)
+        if barred:
+            raise PermissionDenied(f"table {barred[0]} is for administrators only; role '{role}' may not read it")
+        visible = self.visible_columns()
+        secret = {t: c for t, c in self.secret.items() if t in read}
+        return {t: visible[t] for t in secret}, secret
 
     def secret_names(self) -> frozenset[str]:
         """Every secret column name, whatever its table."""

@@ -34,7 +34,7 @@ from flight_server.hybrid import HybridRunner, to_postgres
 from flight_server.limits import Limiter
 from flight_server.replicas import ReplicaChoice, ReplicaRouter
 from flight_server.router import Route, Router
-from flight_server.scoping import PROJECT_COLUMNS, scope_sql
+from flight_server.scoping import PROJECT_COLUMNS, project_column, scope_sql
 from flight_server.security import require
 from flight_server.sqlguard import check_read_only
 
@@ -270,18 +270,9 @@ class QueryExecutor:
                 denied = [v for v in wanted if v is not None and v not in projects]
                 if denied:
                     raise PermissionDenied(f"no access to project '{denied[0]}'")
-        secret: dict[str, frozenset[str]] = {}
-        if plan.named is None and caller.role != "admin":
-            barred = [t for t in plan.tables if t in self.access.admin_only]
-            if barred:
-                raise PermissionDenied(
-                    f"table {barred[0]} is for administrators only; role '{caller.role}' may not read it"
-                )
-            secret = {t: c for t, c in self.access.secret.items() if t in plan.tables}
+        columns, secret = self.access.restrictions(plan.tables, caller.role) if plan.named is None else ({}, {})
         scoped = self.scoped_tables() if projects is not None else {}
         if any(t in scoped for t in plan.tables) or secret:
-            visible = self.access.visible_columns()
-            columns = {t: visible[t] for t in secret}
             plan.sql = scope_sql(plan.sql, projects, scoped, columns=columns, secret=secret)
             if projects is not None:
                 plan.reason += f"; scoped to {len(projects)} project(s)"
@@ -301,8 +292,7 @@ class QueryExecutor:
             columns = getattr(engine, "columns", None)
             if callable(columns):
                 for table, cols in columns().items():
-                    named = [c for c in cols if c.lower() == "project_id"]
-                    column = "project_id" if "project_id" in named else next(iter(named), None)
+                    column = project_column(cols)
                     if column is not None:
                         tables.setdefault(table, column)
         self._scoped_cache = (known, tables)

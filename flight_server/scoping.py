@@ -46,6 +46,17 @@ _MOVED_TO_SUBQUERY = ("pivots", "sample", "laterals", "joins")  # clauses a subq
 _REFERENCE_ONLY = ("this", "db", "catalog", "alias")
 
 
+def project_column(columns: Iterable[str]) -> str | None:
+    """The column of a table that holds its project, spelled as the engine has it.
+
+    DuckDB resolves names case-insensitively, quoted or not, so `Project_ID` and
+    `PROJECT_ID` are the project column too; an exact `project_id` wins where an engine
+    (PostgreSQL) could hold several spellings.
+    """
+    named = [c for c in columns if c.lower() == "project_id"]
+    return "project_id" if "project_id" in named else next(iter(named), None)
+
+
 def scope_sql(
     sql: str,
     projects: Sequence[str] | None,
