@@ -46,14 +46,12 @@ class AccessPolicy:
     def restrictions(
         self, tables: Iterable[str], role: str
     ) -> tuple[dict[str, tuple[str, ...]], dict[str, frozenset[str]]]:
-        """For a caller of `role` reading `tables` through raw SQL or a dataset: the columns
-        it may read and the secret ones, for each table that has secrets (nothing for
-        admins). PERMISSION_DENIED when a table is admin-only."""
-        if role == "admin":
-            return {}, {}
+        """For a caller of `role` reading `tables` through raw SQL or a dataset: for each
+        table that has secret columns, its other columns and its secret ones.
+        PERMISSION_DENIED when a non-admin reads an admin-only table."""
         read = set(tables)
         barred = sorted(read & self.admin_only)
-        if barred:
+        if barred and role != "admin":
             raise PermissionDenied(f"table {barred[0]} is for administrators only; role '{role}' may not read it")
         visible = self.visible_columns()
         secret = {t: c for t, c in self.secret.items() if t in read}

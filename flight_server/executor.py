@@ -214,8 +214,7 @@ class QueryExecutor:
         if command.kind == "sql":
             ctx.sql_fingerprint = fingerprint(command.target)
         self._use_replicas(plan)
-        if ctx.caller.projects is not None or ctx.caller.role != "admin":
-            self._restrict(plan, ctx.caller)
+        self._restrict(plan, ctx.caller)
         return plan
 
     def _route(
@@ -259,8 +258,9 @@ class QueryExecutor:
         """Rewrite the plan's SQL so that it reads only what the caller may see.
 
         Scoped callers read only their projects' rows. Raw SQL and datasets of
-        non-admins read no admin-only table and no secret column (flight_server.access);
-        named queries are declared by the catalogue and keep their SQL apart from scoping.
+        non-admins read no admin-only table and no secret column; `SELECT *` reads no
+        secret column for anyone, and admins get the ones they name (flight_server.access).
+        Named queries are declared by the catalogue and keep their SQL apart from scoping.
         """
         projects = caller.projects
         if plan.named is not None and projects is not None:
@@ -273,7 +273,8 @@ class QueryExecutor:
         columns, secret = self.access.restrictions(plan.tables, caller.role) if plan.named is None else ({}, {})
         scoped = self.scoped_tables() if projects is not None else {}
         if any(t in scoped for t in plan.tables) or secret:
-            plan.sql = scope_sql(plan.sql, projects, scoped, columns=columns, secret=secret)
+            admin = caller.role == "admin"
+            plan.sql = scope_sql(plan.sql, projects, scoped, columns=columns, secret=secret, secrets_allowed=admin)
             if projects is not None:
                 plan.reason += f"; scoped to {len(projects)} project(s)"
 

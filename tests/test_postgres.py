@@ -254,6 +254,17 @@ def test_postgres_reader_role_is_granted_no_secret_column(hybrid_server: ServerH
             assert cur.fetchone()[0] > 0  # type: ignore[index]
 
 
+def test_postgres_select_star_leaves_secret_columns_out_for_admins_too(hybrid_server: ServerHandle) -> None:
+    # the reader role may not read them: SELECT * and datasets read the other columns
+    for command in ({"sql": "SELECT * FROM user_sessions"}, {"dataset": "users"}, {"dataset": "user_sessions"}):
+        table = hybrid_server.get(command)
+        assert table.num_rows > 0
+        assert not {"hashed_password", "session_token"} & set(table.column_names)
+    listed = {i.descriptor.path[0]: i.schema.names for i in hybrid_server.client.list_flights() if i.descriptor.path}
+    assert "email" in listed[b"users"] and "hashed_password" not in listed[b"users"]
+    assert "session_token" not in listed[b"user_sessions"]
+
+
 def test_postgres_reader_password_is_set_from_the_reader_uri(hybrid_server: ServerHandle) -> None:
     from flight_server import oltp
 

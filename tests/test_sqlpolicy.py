@@ -220,6 +220,7 @@ def test_sqlpolicy_admin_only_tables(owner_server: ServerHandle) -> None:
 def test_sqlpolicy_admin_reads_what_the_role_allows(owner_server: ServerHandle) -> None:
     hashes = get(owner_server, {"sql": "SELECT hashed_password FROM users"}, token("admin"))
     assert hashes.column(0)[0].as_py().startswith("scrypt$")
+    assert "hashed_password" not in get(owner_server, {"sql": "SELECT * FROM users"}, token("admin")).column_names
 
 
 # -- item 4: project columns matched as the engine resolves them ----------------------------------
