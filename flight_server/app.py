@@ -12,6 +12,7 @@ from typing import Any
 import duckdb
 
 from flight_server import __version__, oltp
+from flight_server.access import load_access
 from flight_server.audit import AuditLog
 from flight_server.auth import Authenticator, Credentials
 from flight_server.breaker import CircuitBreaker
@@ -89,6 +90,7 @@ class App:
         self.audit = AuditLog(settings.postgres.uri)
         self._configured_users = configured_users(settings.auth.users_file)
         self.catalog = load_catalog(settings.schemas_dir / "catalog.toml")
+        self.access = load_access(settings.schemas_dir / "postgres.sql")
         self.cache = build_cache(settings)
         self.ingest = IngestService(settings.ingest, self.datasets, self.cache, self.registry.owner)
         self.executor = QueryExecutor(
@@ -99,6 +101,9 @@ class App:
             self.duckdb.syntax_error,
             deadline_s=settings.duckdb.query_deadline_s,
             hybrid=self.hybrid,
+            access=self.access,
+            max_generated=settings.limits.max_generated_length,
+            limits=self.limits,
         )
         self.executor.validate_catalog()
         self.sync: SyncService | None = None
@@ -156,7 +161,7 @@ class App:
         assert uri is not None
         if settings.postgres.apply_schema:
             try:
-                oltp.apply_schema(uri, settings.schemas_dir)
+                oltp.apply_schema(uri, settings.schemas_dir, settings.postgres.reader_uri)
             except Exception as exc:  # PostgreSQL down at start-up: serve DuckDB, retry later
                 logger.warning("postgres schema not applied", extra={"fields": {"error": str(exc).splitlines()[0]}})
         return PostgresEngine(settings.postgres, self.running, settings.duckdb.query_deadline_s)
@@ -166,7 +171,9 @@ class App:
         assert settings.postgres.uri is not None
         source = ChangeSource(settings.postgres.uri, settings.schemas_dir, settings.postgres.connect_timeout_s)
         sync = SyncService(settings.sync, source, ReplicaStore(self.duckdb.cursor), self.cache.bump)
-        self.executor.replicas = ReplicaRouter(sync, self.registry, settings.sync.max_staleness_s)
+        self.executor.replicas = ReplicaRouter(
+            sync, self.registry, settings.sync.max_staleness_s, self.access.secret_names()
+        )
         sync.start()
         return sync
 

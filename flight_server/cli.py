@@ -59,7 +59,7 @@ def _fill_demo(con: duckdb.DuckDBPyConnection, settings: Settings, rows: int, se
                 f"{summary.domains:,} domains in {summary.seconds:.1f} s"
             )
         if uri:
-            oltp.apply_schema(uri, settings.schemas_dir)
+            oltp.apply_schema(uri, settings.schemas_dir, settings.postgres.reader_uri)
             if not only_if_empty or oltp.is_empty(uri):
                 counts = oltp.seed_demo(uri, con, seed=seed, progress=progress)
                 err.print(

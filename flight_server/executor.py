@@ -9,6 +9,7 @@ data is sent; the rest of the stream stays a C++ reader.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import logging
@@ -21,17 +22,19 @@ from typing import Any, Generic, TypeVar
 import pyarrow as pa
 import sqlglot
 
+from flight_server.access import AccessPolicy
 from flight_server.audit import fingerprint
 from flight_server.cache import CacheKey, TieredCache, cache_key, route_version, table_version
 from flight_server.catalog import Catalog, NamedQuery
 from flight_server.commands import Command
-from flight_server.context import RequestContext
+from flight_server.context import Caller, RequestContext
 from flight_server.engines.base import Engine, QueryResult
 from flight_server.errors import NotFound, PermissionDenied, Unavailable
 from flight_server.hybrid import HybridRunner, to_postgres
+from flight_server.limits import Limiter
 from flight_server.replicas import ReplicaChoice, ReplicaRouter
 from flight_server.router import Route, Router
-from flight_server.scoping import PROJECT_COLUMNS, scope_sql
+from flight_server.scoping import PROJECT_COLUMNS, project_column, scope_sql
 from flight_server.security import require
 from flight_server.sqlguard import check_read_only
 
@@ -155,8 +158,14 @@ class QueryExecutor:
         syntax_error: Callable[[str], str | None] | None = None,
         deadline_s: float = 60.0,
         hybrid: HybridRunner | None = None,
+        access: AccessPolicy | None = None,
+        max_generated: int | None = None,
+        limits: Limiter | None = None,
     ) -> None:
         self.catalog = catalog
+        self.access = access or AccessPolicy()
+        self.max_generated = max_generated  # see flight_server.sqlsize
+        self.limits = limits  # query slots, taken by `describe`
         self.engines = engines
         self.router = router
         self.cache = cache
@@ -205,8 +214,7 @@ class QueryExecutor:
         if command.kind == "sql":
             ctx.sql_fingerprint = fingerprint(command.target)
         self._use_replicas(plan)
-        if ctx.caller.projects is not None:
-            self._scope(plan, ctx.caller.projects)
+        self._restrict(plan, ctx.caller)
         return plan
 
     def _route(
@@ -246,22 +254,37 @@ class QueryExecutor:
             return
         plan.engine, plan.sql, plan.reason, plan.replica = "duckdb", choice.sql, choice.reason, choice
 
-    def _scope(self, plan: Plan, projects: tuple[str, ...]) -> None:
-        """Rewrite the plan's SQL so that it reads only the caller's projects."""
-        if plan.named is not None:
+    def _restrict(self, plan: Plan, caller: Caller) -> None:
+        """Rewrite the plan's SQL so that it reads only what the caller may see.
+
+        Scoped callers read only their projects' rows. Raw SQL and datasets of
+        non-admins read no admin-only table and no secret column; `SELECT *` reads no
+        secret column for anyone, and admins get the ones they name (flight_server.access).
+        Named queries are declared by the catalogue and keep their SQL apart from scoping.
+        """
+        projects = caller.projects
+        if plan.named is not None and projects is not None:
             for param in plan.named.params:
                 value = plan.params.get(param.name) if isinstance(plan.params, dict) else None
                 wanted = value if isinstance(value, list) else [value] if param.name.startswith("project") else []
                 denied = [v for v in wanted if v is not None and v not in projects]
                 if denied:
                     raise PermissionDenied(f"no access to project '{denied[0]}'")
-        scoped = self.scoped_tables()
-        if any(t in scoped for t in plan.tables):
-            plan.sql = scope_sql(plan.sql, projects, scoped)
-            plan.reason += f"; scoped to {len(projects)} project(s)"
+        columns, secret = self.access.restrictions(plan.tables, caller.role) if plan.named is None else ({}, {})
+        scoped = self.scoped_tables() if projects is not None else {}
+        if any(t in scoped for t in plan.tables) or secret:
+            admin = caller.role == "admin"
+            plan.sql = scope_sql(plan.sql, projects, scoped, columns=columns, secret=secret, secrets_allowed=admin)
+            if projects is not None:
+                plan.reason += f"; scoped to {len(projects)} project(s)"
 
     def scoped_tables(self) -> dict[str, str]:
-        """Tables that carry a project: the known ones, and datasets with a project_id column."""
+        """Tables that carry a project: the known ones, and datasets with a project_id column.
+
+        Column names match the way the engines resolve them: DuckDB ignores case even in
+        quoted names, so `Project_ID` carries the project too; the filter names the
+        column exactly as the engine spells it.
+        """
         known = frozenset(self.router.registry.tables())
         if self._scoped_cache is not None and self._scoped_cache[0] == known:
             return self._scoped_cache[1]
@@ -270,8 +293,9 @@ class QueryExecutor:
             columns = getattr(engine, "columns", None)
             if callable(columns):
                 for table, cols in columns().items():
-                    if "project_id" in cols:
-                        tables.setdefault(table, "project_id")
+                    column = project_column(cols)
+                    if column is not None:
+                        tables.setdefault(table, column)
         self._scoped_cache = (known, tables)
         return tables
 
@@ -313,7 +337,13 @@ class QueryExecutor:
                 RAW_SQL_TTL_S,
                 ctx.query_id,
             )
-        checked = check_read_only(command.target, self.router.registry.has, self._syntax_error)
+        checked = check_read_only(
+            command.target,
+            self.router.registry.has,
+            self._syntax_error,
+            max_generated=self.max_generated,
+            params=command.params or None,
+        )
         route, down = self._route(command, tuple(checked.tables), tree=checked.tree)
         params = command.params if command.params else None
         return Plan(
@@ -333,15 +363,18 @@ class QueryExecutor:
     def schema(self, plan: Plan) -> pa.Schema:
         if plan.named is not None and plan.replica is None and plan.named.name in self._named_schemas:
             return self._named_schemas[plan.named.name]
-        return self._schema(plan.engine, plan.sql, plan.params)
+        return self._schema(plan.engine, plan.sql, plan.params, plan.query_id, plan.deadline_s)
 
-    def _schema(self, engine: str, sql: str, params: Any) -> pa.Schema:
+    def _schema(
+        self, engine: str, sql: str, params: Any, query_id: str | None = None, deadline_s: float | None = None
+    ) -> pa.Schema:
         if engine == "hybrid":
             assert self.hybrid is not None
-            return self.hybrid.schema(sql, params)
+            return self.hybrid.schema(sql, params, query_id=query_id, deadline_s=deadline_s)
         if engine == "postgres":
-            return self.engines[engine].schema(*to_postgres(sql, params))
-        return self.engines[engine].schema(sql, params)
+            pg_sql, values = to_postgres(sql, params)
+            return self.engines[engine].schema(pg_sql, values, query_id=query_id, deadline_s=deadline_s)
+        return self.engines[engine].schema(sql, params, query_id=query_id, deadline_s=deadline_s)
 
     def _execute(self, plan: Plan) -> QueryResult:
         if plan.engine == "hybrid":
@@ -385,15 +418,19 @@ class QueryExecutor:
         return self.cache.peek(self._key(plan, ctx), plan.command.cache)
 
     def describe(self, plan: Plan, ctx: RequestContext) -> tuple[pa.Schema, str]:
-        """The plan's result schema and cache status, for a FlightInfo.
+        """The plan's result schema and cache status, for a FlightInfo or GetSchema.
 
         Schemas are remembered by the plan's cache key (SQL, parameters, engine, scope
         and data versions), so a repeated statement skips the engine's describe step.
+        The describe step plans the query, which can be real work (a PIVOT reads its
+        columns' values): it holds a query slot of the caller, as DoGet does, and runs
+        under the caller's deadline.
         """
         key = self._key(plan, ctx)
         schema = self._described.get(key.digest)
         if schema is None:
-            schema = self.schema(plan)
+            with self.limits.slot(ctx.caller) if self.limits is not None else contextlib.nullcontext():
+                schema = self.schema(plan)
             self._described.put(key.digest, schema)
         return schema, self.cache.peek(key, plan.command.cache)
 

@@ -5,7 +5,8 @@ reference to a PostgreSQL-only table becomes a fetch of just the columns the que
 with every filter that can safely run in PostgreSQL pushed down (WHERE conjuncts that
 touch only that table, on a side of the join that is not null-extended). The fetched
 Arrow tables are registered in the DuckDB cursor under private names and the rewritten
-query runs in DuckDB, which still applies every original filter.
+query runs in DuckDB, which still applies every original filter. A PostgreSQL table the
+scopes do not list (under a VALUES root, the source of a PIVOT) is fetched whole.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from flight_server.engines.base import Params, QueryResult
 from flight_server.engines.duckdb import DuckDBEngine
 from flight_server.engines.postgres import PostgresEngine
 from flight_server.errors import InvalidArgument
+from flight_server.sqltables import table_references
 
 
 @dataclass
@@ -122,7 +124,25 @@ class HybridPlanner:
             for alias, source in list(scope.sources.items()):
                 if isinstance(source, exp.Table) and source.name.lower() in self._postgres and not source.db:
                     fetches.append(self._fetch(scope, alias, source, params, len(fetches)))
+        # tables where sqlglot's scopes list no source (a VALUES root, PIVOT/UNPIVOT): whole
+        for table in table_references(tree):
+            if table.name.lower() in self._postgres and not table.db:
+                fetches.append(self._fetch_whole(table, len(fetches)))
         return HybridPlan(tree.sql(dialect="duckdb"), fetches)
+
+    def _fetch_whole(self, table: exp.Table, index: int) -> Fetch:
+        """Every column of a table, unfiltered (DuckDB applies the query's own filters)."""
+        name = table.name.lower()
+        columns = list(self._schema.get(name, {}))  # type: ignore[call-overload]
+        query = exp.select(*[exp.column(c, quoted=True) for c in columns]).from_(
+            exp.Table(this=exp.to_identifier(name, quoted=True), db=exp.to_identifier("public"))
+        )
+        private = f"__pg_{index}_{name}"
+        replacement = table.copy()  # keeps its PIVOT, TABLESAMPLE and other clauses
+        replacement.set("alias", table.args.get("alias") or exp.TableAlias(this=table.this.copy()))
+        replacement.set("this", exp.to_identifier(private, quoted=True))
+        table.replace(replacement)
+        return Fetch(private, name, columns, query.sql(dialect="postgres"), [])
 
     def _fetch(self, scope: Scope, alias: str, table: exp.Table, params: Params, index: int) -> Fetch:
         name = table.name.lower()
@@ -196,9 +216,12 @@ class HybridRunner:
     def _empty_relations(self, plan: HybridPlan) -> dict[str, pa.Table]:
         return {f.name: self._postgres.schema(f.sql, f.params).empty_table() for f in plan.fetches}
 
-    def schema(self, sql: str, params: Params) -> pa.Schema:
+    def schema(
+        self, sql: str, params: Params, *, query_id: str | None = None, deadline_s: float | None = None
+    ) -> pa.Schema:
         plan = self.plan(sql, params)
-        return self._duckdb.schema(plan.duckdb_sql, params, relations=self._empty_relations(plan))
+        relations = self._empty_relations(plan)
+        return self._duckdb.schema(plan.duckdb_sql, params, relations, query_id=query_id, deadline_s=deadline_s)
 
     def explain(self, sql: str, params: Params) -> str:
         plan = self.plan(sql, params)

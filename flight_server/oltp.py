@@ -1,9 +1,11 @@
 """PostgreSQL set-up: the OLTP schema, the read-only role, and the demo rows.
 
 `apply_schema` runs `schemas/postgres.sql` and `schemas/postgres_roles.sql`, both
-idempotent, at every start-up. `seed_demo` fills the OLTP tables consistently with the
-DuckDB demo data (the same project ids, domains and captures), computing the rows in
-DuckDB and loading them over ADBC bulk ingest (COPY), so hybrid answers are meaningful.
+idempotent, at every start-up; when the reader URI names the reader role with a
+password, it gives the role that password (so a deployment needs no manual step).
+`seed_demo` fills the OLTP tables consistently with the DuckDB demo data (the same
+project ids, domains and captures), computing the rows in DuckDB and loading them over
+ADBC bulk ingest (COPY), so hybrid answers are meaningful.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
+from urllib.parse import unquote, urlsplit
 
 import adbc_driver_postgresql.dbapi as pg
 import duckdb
@@ -24,16 +27,22 @@ from flight_server.demo import DEMO_PROJECTS, demo_domains
 
 logger = logging.getLogger(__name__)
 
+READER_ROLE = "chrono_reader"  # created by schemas/postgres_roles.sql
 DEMO_PASSWORD = "chrono-demo"  # noqa: S105 - the documented password of the demo users
 OLTP_TABLES = (
     "users", "user_sessions", "projects", "domains", "scrape_pages", "project_pages", "admin_settings", "audit_logs",
 )  # fmt: skip
 
 
-def apply_schema(uri: str, schemas_dir: Path) -> None:
+def apply_schema(uri: str, schemas_dir: Path, reader_uri: str | None = None) -> None:
     with pg.connect(uri, autocommit=True) as conn, conn.cursor() as cur:
         for name in ("postgres.sql", "postgres_roles.sql"):
             cur.executescript((schemas_dir / name).read_text())
+        reader = urlsplit(reader_uri) if reader_uri else None
+        if reader is not None and reader.username == READER_ROLE and reader.password:
+            cur.execute("SELECT quote_literal($1)", (unquote(reader.password),))
+            literal = str(cur.fetchone()[0])  # type: ignore[index]
+            cur.execute(f"ALTER ROLE {READER_ROLE} PASSWORD {literal}")
     logger.info("postgres schema applied")
 
 

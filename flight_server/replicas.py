@@ -4,7 +4,8 @@ After the router has chosen PostgreSQL (or a hybrid of both engines) for a query
 runs on DuckDB instead when every PostgreSQL table it reads has a replica whose
 staleness is within the caller's `max_staleness_s` (or `FLIGHT_SYNC__MAX_STALENESS_S`)
 and the query is analytical: lookups by key, an explicit engine hint `postgres`, a
-bound of 0 and queries that name `hashed_password` stay on PostgreSQL. The hint
+bound of 0 and queries that name a secret column (which replicas never hold, see
+flight_server.access) stay on PostgreSQL. The hint
 `duckdb` asks for the replicas whatever the query (within a bound, when one is given).
 When
 PostgreSQL is unavailable, a query that did not ask for a bound is answered from the
@@ -19,17 +20,15 @@ from typing import TYPE_CHECKING, Any
 
 import sqlglot
 from sqlglot import exp
-from sqlglot.optimizer.scope import traverse_scope
 
 from flight_server.errors import InvalidArgument, Unavailable
 from flight_server.router import TableRegistry, query_shape
+from flight_server.sqltables import table_references
 from flight_server.sync.replica import SCHEMA
 
 if TYPE_CHECKING:
     from flight_server.commands import Command
     from flight_server.sync.service import SyncService
-
-_SECRET_COLUMNS = {"hashed_password"}
 
 
 @dataclass(frozen=True)
@@ -44,28 +43,26 @@ class ReplicaChoice:
 def to_replicas(sql: str, tables: tuple[str, ...]) -> str:
     """`sql` with every reference to these tables pointed at their replicas."""
     tree = sqlglot.parse_one(sql, read="duckdb")
-    ctes = {cte.alias_or_name.lower() for cte in tree.find_all(exp.CTE)}
-    for scope in traverse_scope(tree):
-        for source in scope.sources.values():
-            if not isinstance(source, exp.Table) or source.db:
-                continue
-            name = source.name.lower()
-            if name in tables and name not in ctes:
-                source.set("db", exp.to_identifier(SCHEMA))
+    for table in table_references(tree):
+        if not table.db and table.name.lower() in tables:
+            table.set("db", exp.to_identifier(SCHEMA))
     return str(tree.sql(dialect="duckdb"))
 
 
-def _names_secret(tree: Any) -> bool:
-    return any(c.name.lower() in _SECRET_COLUMNS for c in tree.find_all(exp.Column))
+def _names_secret(tree: Any, secret: frozenset[str]) -> bool:
+    return any(c.name.lower() in secret for c in tree.find_all(exp.Column))
 
 
 class ReplicaRouter:
     """Decides whether a PostgreSQL or hybrid plan may read replicas instead."""
 
-    def __init__(self, sync: SyncService, registry: TableRegistry, default_bound_s: float) -> None:
+    def __init__(
+        self, sync: SyncService, registry: TableRegistry, default_bound_s: float, secret: frozenset[str] = frozenset()
+    ) -> None:
         self.sync = sync
         self._registry = registry
         self._default_bound_s = default_bound_s
+        self._secret = secret  # column names no replica holds
 
     def postgres_tables(self, engine: str, tables: tuple[str, ...]) -> tuple[str, ...]:
         """The tables of a plan that only PostgreSQL holds."""
@@ -94,7 +91,7 @@ class ReplicaRouter:
         bound = command.max_staleness_s if command.max_staleness_s is not None else self._default_bound_s
         forced = command.engine == "duckdb"  # the caller asks for the replicas
         wanted = self.postgres_tables(engine, tables)
-        if not wanted or (_names_secret(tree) and not forced):
+        if not wanted or (_names_secret(tree, self._secret) and not forced):
             return None
         staleness = [self.sync.staleness(t) for t in wanted]
         missing = [t for t, s in zip(wanted, staleness, strict=True) if s is None]

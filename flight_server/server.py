@@ -159,7 +159,7 @@ class ChronoFlightServer(flight.FlightServerBase):  # type: ignore[misc]
                 self._log(ctx, sql_command.DESCRIPTOR.name, "ok")
                 return result
             plan = self.app.executor.plan(self._command(descriptor), ctx)
-            schema = self.app.executor.schema(plan)
+            schema, _ = self.app.executor.describe(plan, ctx)
             self._log(ctx, plan.label, "ok", engine=plan.engine)
             return flight.SchemaResult(schema)
 
@@ -314,6 +314,8 @@ class ChronoFlightServer(flight.FlightServerBase):  # type: ignore[misc]
             counts = self.app.duckdb.row_counts()
             for name, engine in sorted(self.app.registry.tables().items()):
                 schema = self.app.engines[engine].schema(f'SELECT * FROM "{name}"', None)
+                secret = self.app.access.secret.get(name, frozenset())  # never shown (flight_server.access)
+                schema = pa.schema([f for f in schema if f.name not in secret], metadata=schema.metadata)
                 ticket = flight.Ticket(json.dumps({"dataset": name}).encode())
                 metadata = {"kind": "dataset", "name": name, "engine": engine, "rows": counts.get(name)}
                 infos.append(

@@ -135,6 +135,12 @@ class LimitSettings(BaseModel):
     queue_timeout_s: float = Field(5.0, ge=0, description="seconds a query waits for a slot before RESOURCE_EXHAUSTED")
     max_result_rows: int = Field(10_000_000, ge=1, description="most rows of one result for non-admins")
     max_result_bytes: int = Field(2 * 1024**3, ge=1, description="most Arrow bytes of one result for non-admins")
+    max_generated_length: int = Field(
+        10_000_000,
+        ge=1,
+        description="longest string or list that repeat, lpad, rpad, range, generate_series and similar functions "
+        "may build from constant arguments (they are built while the query is planned, out of the deadline's reach)",
+    )
     deadlines_s: dict[str, float] = Field(
         {"viewer": 30.0, "service": 60.0, "analyst": 300.0},
         description="query deadline per role (never above FLIGHT_DUCKDB__QUERY_DEADLINE_S)",
@@ -162,7 +168,7 @@ class SyncSettings(BaseModel):
     enabled: bool = Field(True, description="keep DuckDB replicas of the OLTP tables (when PostgreSQL is configured)")
     tables: list[str] = Field(
         ["projects", "domains", "scrape_pages", "project_pages", "users", "audit_logs"],
-        description="OLTP tables replicated into DuckDB (users without password hashes)",
+        description="OLTP tables replicated into DuckDB (without their secret columns)",
     )
     poll_interval_s: float = Field(0.2, gt=0, description="seconds between looks for new changes")
     batch_keys: int = Field(10_000, ge=1, description="most changed rows applied in one DuckDB transaction")

@@ -69,3 +69,13 @@ CREATE TABLE IF NOT EXISTS audit_logs (
     timestamp  TIMESTAMPTZ NOT NULL DEFAULT now()
 );
 CREATE INDEX IF NOT EXISTS audit_logs_timestamp ON audit_logs (timestamp);
+
+-- Access policy. The server reads these comments (flight_server/access.py) and so does
+-- postgres_roles.sql: a column whose comment starts with 'secret' is never returned to a
+-- non-admin caller, never granted to the reader role and never copied into the DuckDB
+-- replicas; a table whose comment starts with 'admin-only' is read through raw SQL and
+-- datasets by administrators only (named queries of the catalogue may aggregate it).
+COMMENT ON COLUMN users.hashed_password IS 'secret: scrypt password hash';
+COMMENT ON COLUMN user_sessions.session_token IS 'secret: bearer token of a live session';
+COMMENT ON TABLE admin_settings IS 'admin-only: server-wide settings';
+COMMENT ON TABLE audit_logs IS 'admin-only: who did what, and when';

@@ -22,10 +22,26 @@ $$;
 
 REVOKE ALL ON SCHEMA public FROM chrono_reader;
 GRANT USAGE ON SCHEMA public TO chrono_reader;
-REVOKE ALL ON ALL TABLES IN SCHEMA public FROM chrono_reader;
-GRANT SELECT ON ALL TABLES IN SCHEMA public TO chrono_reader;
-ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT SELECT ON TABLES TO chrono_reader;
+REVOKE ALL ON ALL TABLES IN SCHEMA public FROM chrono_reader;  -- column grants go with it
+ALTER DEFAULT PRIVILEGES IN SCHEMA public REVOKE SELECT ON TABLES FROM chrono_reader;
 
--- password hashes stay with the schema owner: every users column but hashed_password
-REVOKE SELECT ON users FROM chrono_reader;
-GRANT SELECT (id, email, is_verified, approval_status, created_at) ON users TO chrono_reader;
+-- SELECT column by column: every column of every table and view in public except those
+-- whose comment marks them secret (postgres.sql), so that secrets stay with the schema
+-- owner. A table created later gets its grants at the next start-up.
+DO $$
+DECLARE
+    t record;
+BEGIN
+    FOR t IN
+        SELECT c.relname, string_agg(quote_ident(a.attname), ', ' ORDER BY a.attnum) AS columns
+        FROM pg_class c
+        JOIN pg_namespace n ON n.oid = c.relnamespace AND n.nspname = 'public'
+        JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+        LEFT JOIN pg_description d ON d.objoid = c.oid AND d.classoid = 'pg_class'::regclass AND d.objsubid = a.attnum
+        WHERE c.relkind IN ('r', 'p', 'v', 'm') AND coalesce(d.description, '') NOT LIKE 'secret%'
+        GROUP BY c.relname
+    LOOP
+        EXECUTE format('GRANT SELECT (%s) ON public.%I TO chrono_reader', t.columns, t.relname);
+    END LOOP;
+END
+$$;

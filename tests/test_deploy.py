@@ -101,6 +101,11 @@ def test_deploy_compose_environment_and_ports_match_the_settings() -> None:
     unknown = [name for name in env if name.startswith("FLIGHT_") and name not in known]
     assert not unknown
     assert env["FLIGHT_POSTGRES__URI"].startswith("postgresql://") and "@postgres:5432/" in env["FLIGHT_POSTGRES__URI"]
+    # user queries run as the reader role, which is granted no secret column
+    assert env["FLIGHT_POSTGRES__READER_URI"].startswith("postgresql://chrono_reader:")
+    assert "@postgres:5432/chrono" in env["FLIGHT_POSTGRES__READER_URI"]
+    example = (PROJECT_ROOT / "deploy/example.env").read_text()
+    assert all(f"{name}=" in example for name in re.findall(r"\$\{(\w+):\?", env["FLIGHT_POSTGRES__READER_URI"]))
     assert env["FLIGHT_REDIS__URL"].startswith("redis://redis:6379/")
     container_ports = {int(str(p).split("#")[0].strip().rsplit(":", 1)[-1]) for p in flight["ports"]}
     assert container_ports == PORTS

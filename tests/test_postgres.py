@@ -235,6 +235,51 @@ def test_postgres_password_hashes_are_out_of_reach(hybrid_server: ServerHandle) 
     assert emails.num_rows == 12
 
 
+def test_postgres_reader_role_is_granted_no_secret_column(hybrid_server: ServerHandle) -> None:
+    granted = set(
+        _pg(
+            hybrid_server,
+            "SELECT table_name::text, column_name::text FROM information_schema.column_privileges "
+            "WHERE grantee = 'chrono_reader' AND privilege_type = 'SELECT'",
+        )
+    )
+    assert {("users", "email"), ("user_sessions", "user_id"), ("audit_logs", "action")} <= granted
+    assert not granted & {("users", "hashed_password"), ("user_sessions", "session_token")}
+    database = hybrid_server.app.settings.postgres.uri.rsplit("/", 1)[1]  # type: ignore[union-attr]
+    with pg.connect(f"postgresql://chrono_reader@127.0.0.1:5432/{database}", autocommit=True) as conn:
+        with conn.cursor() as cur, pytest.raises(pg.ProgrammingError, match="permission denied"):
+            cur.execute("SELECT session_token FROM user_sessions")
+        with conn.cursor() as cur:
+            cur.execute("SELECT count(user_id) FROM user_sessions")
+            assert cur.fetchone()[0] > 0  # type: ignore[index]
+
+
+def test_postgres_select_star_leaves_secret_columns_out_for_admins_too(hybrid_server: ServerHandle) -> None:
+    # the reader role may not read them: SELECT * and datasets read the other columns
+    for command in ({"sql": "SELECT * FROM user_sessions"}, {"dataset": "users"}, {"dataset": "user_sessions"}):
+        table = hybrid_server.get(command)
+        assert table.num_rows > 0
+        assert not {"hashed_password", "session_token"} & set(table.column_names)
+    listed = {i.descriptor.path[0]: i.schema.names for i in hybrid_server.client.list_flights() if i.descriptor.path}
+    assert "email" in listed[b"users"] and "hashed_password" not in listed[b"users"]
+    assert "session_token" not in listed[b"user_sessions"]
+
+
+def test_postgres_reader_password_is_set_from_the_reader_uri(hybrid_server: ServerHandle) -> None:
+    from flight_server import oltp
+
+    uri = hybrid_server.app.settings.postgres.uri
+    assert uri is not None
+    has_password = "SELECT rolpassword IS NOT NULL FROM pg_authid WHERE rolname = 'chrono_reader'"
+    try:
+        oltp.apply_schema(uri, hybrid_server.app.settings.schemas_dir, "postgresql://chrono_reader:it%27s@h:5432/db")
+        assert _pg(hybrid_server, has_password) == [(True,)]
+    finally:  # the tests' cluster trusts local connections; leave the role as it was
+        with pg.connect(uri, autocommit=True) as conn, conn.cursor() as cur:
+            cur.execute("ALTER ROLE chrono_reader PASSWORD NULL")
+    assert _pg(hybrid_server, has_password) == [(False,)]
+
+
 def test_postgres_schema_and_seed_are_idempotent(hybrid_server: ServerHandle) -> None:
     from flight_server import oltp
 

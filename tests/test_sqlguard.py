@@ -32,6 +32,15 @@ def known(name: str) -> bool:
             ("cdx_records", "content_analytics"),
         ),
         ("SELECT (SELECT max(value) FROM performance_metrics) AS m", ("performance_metrics",)),
+        ("VALUES ((SELECT count(*) FROM cdx_records))", ("cdx_records",)),
+        ("SELECT * FROM (PIVOT cdx_records ON project_id USING count(*) GROUP BY status_code)", ("cdx_records",)),
+        ("SELECT count(*) FROM (UNPIVOT cdx_records ON status_code INTO NAME k VALUE v)", ("cdx_records",)),
+        ("PIVOT cdx_records ON project_id USING count(*)", ("cdx_records",)),
+        ("SELECT * FROM range(3) r, LATERAL (SELECT * FROM content_analytics) c", ("content_analytics",)),
+        ("WITH cdx_records AS (SELECT * FROM cdx_records) SELECT * FROM cdx_records", ("cdx_records",)),
+        ("WITH a AS (SELECT * FROM cdx_records), cdx_records AS (SELECT 1) SELECT * FROM a", ("cdx_records",)),
+        ('WITH "CDX_RECORDS" AS (SELECT 1 AS x) SELECT * FROM cdx_records', ("cdx_records",)),
+        ("WITH RECURSIVE r AS (SELECT 1 AS i UNION ALL SELECT i + 1 FROM r WHERE i < 3) SELECT * FROM r", ()),
     ],
 )
 def test_sqlguard_allows_queries_and_lists_tables(sql: str, tables: tuple[str, ...]) -> None:
@@ -69,6 +78,24 @@ def test_sqlguard_allows_queries_and_lists_tables(sql: str, tables: tuple[str, .
         ("SELECT * FROM users", "unknown table 'users'"),
         ("", "empty"),
         ("selec 1", "syntax"),
+        # the lock-down behind a node sqlglot's scopes do not list
+        ("VALUES ((SELECT count(*) FROM pg_settings))", "unknown table 'pg_settings'"),
+        ("VALUES ((SELECT max(path) FROM duckdb_databases()))", "duckdb_databases"),
+        ("VALUES ((SELECT max(path) FROM duckdb_databases))", "unknown table 'duckdb_databases'"),
+        ("VALUES ((SELECT count(*) FROM sqlite_master))", "unknown table 'sqlite_master'"),
+        ("VALUES ((SELECT count(*) FROM 'data/datasets/cdx_records/*.parquet'))", "unknown table"),
+        ("SELECT * FROM (PIVOT 'data/datasets/manifest.json' ON x USING count(*))", "unknown table"),
+        ("SELECT * FROM (UNPIVOT pg_settings ON setting INTO NAME k VALUE v)", "unknown table 'pg_settings'"),
+        ("SELECT * FROM range(1) r, LATERAL (SELECT * FROM duckdb_settings()) s", "duckdb_settings"),
+        ("WITH RECURSIVE t AS (SELECT * FROM t) SELECT * FROM t", "unknown table 't'"),
+        ('WITH "Q" AS (SELECT 1 AS x) SELECT * FROM q', "unknown table 'q'"),  # PostgreSQL reads table q
+        # PostgreSQL functions that run SQL text with the server's rights or read its files
+        ("SELECT query_to_xml('SELECT * FROM users', true, true, '')", "query_to_xml"),
+        ("SELECT table_to_xml('users', true, true, '')", "table_to_xml"),
+        ("SELECT pg_read_file('/etc/passwd')", "pg_read_file"),
+        ("SELECT lo_import('/etc/passwd')", "lo_import"),
+        ("SELECT set_config('role', 'postgres', false)", "set_config"),
+        ("SELECT '\ud800'", "lone surrogate"),
     ],
 )
 def test_sqlguard_refuses_with_reason(sql: str, message: str) -> None:

@@ -46,8 +46,15 @@ class Engine(Protocol):
         """Start the query; its reader streams the batches. Raises ChronoError subclasses."""
         ...
 
-    def schema(self, sql: str, params: Params) -> pa.Schema:
-        """The result schema, without running the whole query."""
+    def schema(
+        self, sql: str, params: Params, *, query_id: str | None = None, deadline_s: float | None = None
+    ) -> pa.Schema:
+        """The result schema, without running the whole query.
+
+        With a `query_id`, the work of planning (which may run queries, e.g. to find a
+        PIVOT's columns) is registered as running, under the deadline, where the engine can
+        interrupt it.
+        """
         ...
 
     def explain(self, sql: str, params: Params) -> str:

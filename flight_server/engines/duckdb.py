@@ -141,10 +141,24 @@ class DuckDBEngine:
             raise self.translate(exc, running) from None
         return QueryResult(reader, release, lambda exc: self.translate(exc, running))
 
-    def schema(self, sql: str, params: Params, relations: dict[str, pa.Table] | None = None) -> pa.Schema:
+    def schema(
+        self,
+        sql: str,
+        params: Params,
+        relations: dict[str, pa.Table] | None = None,
+        *,
+        query_id: str | None = None,
+        deadline_s: float | None = None,
+    ) -> pa.Schema:
+        """The result schema; with a `query_id`, planning runs under the deadline (see Engine)."""
         cursor = self._db.cursor()
         for name, table in (relations or {}).items():
             cursor.register(name, table)
+        running = None
+        if query_id is not None:
+            deadline = time.monotonic() + (deadline_s or self._deadline_s)
+            running = RunningQuery(query_id, self.name, sql, deadline, cursor.interrupt)
+            self._running.add(running)
         try:
             relation = cursor.sql(sql, params=params)
             if relation is None:
@@ -152,8 +166,10 @@ class DuckDBEngine:
             schema: pa.Schema = relation.limit(0).to_arrow_table().schema
             return schema
         except BaseException as exc:
-            raise self.translate(exc, None) from None
+            raise self.translate(exc, running) from None
         finally:
+            if running is not None:
+                self._running.remove(running.query_id)
             cursor.close()
 
     def explain(self, sql: str, params: Params, relations: dict[str, pa.Table] | None = None) -> str:

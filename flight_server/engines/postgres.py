@@ -185,7 +185,10 @@ class PostgresEngine:
         finally:
             self._release(conn, healthy)
 
-    def schema(self, sql: str, params: Params) -> pa.Schema:
+    def schema(
+        self, sql: str, params: Params, *, query_id: str | None = None, deadline_s: float | None = None
+    ) -> pa.Schema:
+        """The result schema from PostgreSQL's describe step (it plans, it does not run the query)."""
         schema: pa.Schema = self._with_connection(lambda cur: cur.adbc_execute_schema(sql, _positional(params)))
         return schema
 

@@ -4,8 +4,9 @@ The schema is what a `SELECT *` of the table returns on its engine (for a named 
 its result schema), and each field carries the `ARROW:FLIGHT:SQL:*` keys: catalog,
 schema and table name, the engine's type name, precision and scale where they apply,
 and whether the column is auto-incremented, case sensitive, read-only (always: the
-server refuses updates) and searchable. PostgreSQL columns the reader role may not
-select (`users.hashed_password`) are never part of a schema.
+server refuses updates) and searchable. Columns the schema marks secret
+(flight_server.access: `users.hashed_password`, `user_sessions.session_token`) are never
+part of a schema, whatever the caller or the database role.
 """
 
 from __future__ import annotations
@@ -32,8 +33,6 @@ if TYPE_CHECKING:
     from flight_server.app import App
 
 PREFIX = "ARROW:FLIGHT:SQL:"
-# columns the server never serves, whatever the connection's grants
-HIDDEN_COLUMNS: dict[str, frozenset[str]] = {"users": frozenset({"hashed_password"})}
 
 _DUCKDB_COLUMNS = f"""
 SELECT table_name, column_name, data_type AS type_name, numeric_precision, numeric_scale,
@@ -98,8 +97,7 @@ def annotate(schema: pa.Schema, entry: TableEntry, columns: dict[str, ColumnInfo
     return pa.schema(fields, metadata=schema.metadata)
 
 
-def _column_infos(rows: list[dict[str, Any]], table: str) -> dict[str, ColumnInfo]:
-    hidden = HIDDEN_COLUMNS.get(table, frozenset())
+def _column_infos(rows: list[dict[str, Any]], table: str, hidden: frozenset[str]) -> dict[str, ColumnInfo]:
     out = {}
     for row in rows:
         if row["table_name"] != table or row["column_name"] in hidden:
@@ -128,7 +126,7 @@ def table_schemas(app: App, ctx: RequestContext, entries: list[TableEntry]) -> l
             rows[entry.engine] = fetch_rows(
                 engine, ctx, _DUCKDB_COLUMNS if entry.engine == DUCKDB else _POSTGRES_COLUMNS
             )
-        columns = _column_infos(rows[entry.engine], entry.name)
+        columns = _column_infos(rows[entry.engine], entry.name, app.access.secret.get(entry.name, frozenset()))
         out.append(annotate(_engine_schema(app, entry, list(columns)), entry, columns))
     return out
 

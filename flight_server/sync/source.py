@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,11 +19,11 @@ from pathlib import Path
 import adbc_driver_postgresql.dbapi as pg
 import pyarrow as pa
 
+from flight_server.access import load_access
 from flight_server.engines.postgres import with_connect_timeout
 
 logger = logging.getLogger(__name__)
 
-HIDDEN_COLUMNS = {"users": {"hashed_password"}}  # never copied out of PostgreSQL
 _AS_TEXT = {"json", "jsonb", "xml", "uuid", "inet", "cidr", "macaddr", "interval", "money", "tsvector", "xid8"}
 _KEY_TYPES = {"bigint": "bigint", "integer": "integer", "smallint": "smallint", "text": "text"}
 
@@ -62,8 +62,9 @@ def _plain(table: pa.Table) -> pa.Table:
 class Snapshot:
     """One REPEATABLE READ transaction: a consistent view of PostgreSQL."""
 
-    def __init__(self, cursor: pg.Cursor) -> None:
+    def __init__(self, cursor: pg.Cursor, secret: Mapping[str, frozenset[str]]) -> None:
         self._cur = cursor
+        self._secret = secret  # columns never copied out of PostgreSQL (flight_server.access)
         cursor.execute("SELECT pg_current_snapshot()::text, extract(epoch FROM clock_timestamp())")
         text, taken = cursor.fetchone()  # type: ignore[misc]
         self.text = str(text)
@@ -123,7 +124,7 @@ class Snapshot:
         columns: dict[str, list[tuple[str, str]]] = {}
         keys: dict[str, str] = {}
         for table, column, kind, key_type in self._cur.fetchall():
-            if column in HIDDEN_COLUMNS.get(table, set()):
+            if column in self._secret.get(table, frozenset()):
                 continue
             columns.setdefault(str(table), []).append((str(column), str(kind)))
             keys[str(table)] = _KEY_TYPES.get(str(key_type), "text")
@@ -145,6 +146,7 @@ class ChangeSource:
     def __init__(self, uri: str, schemas_dir: Path, connect_timeout_s: float) -> None:
         self._uri = with_connect_timeout(uri, connect_timeout_s)
         self._schemas_dir = schemas_dir
+        self._secret = load_access(schemas_dir / "postgres.sql").secret
         self._idle: list[pg.Connection] = []  # opening a connection costs tens of milliseconds: keep a few
         self._lock = threading.Lock()
 
@@ -194,7 +196,7 @@ class ChangeSource:
         with self._session() as cur:
             cur.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
             try:
-                yield Snapshot(cur)
+                yield Snapshot(cur, self._secret)
             finally:
                 cur.execute("ROLLBACK")
 
