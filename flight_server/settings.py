@@ -6,6 +6,7 @@ example `FLIGHT_DUCKDB__THREADS=4`. Nothing else in the package reads the enviro
 
 from __future__ import annotations
 
+import importlib.resources
 import os
 from pathlib import Path
 
@@ -14,6 +15,16 @@ from pydantic import BaseModel, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+def packaged_schemas() -> Path:
+    """The table DDL and catalogue shipped inside the package (`flight_server.schemas`).
+
+    The repository's top-level `schemas/` folder is mapped to that package (see
+    pyproject.toml), so a wheel carries its own copy and an editable install reads the
+    folder itself; the working directory never matters.
+    """
+    return Path(str(importlib.resources.files("flight_server.schemas")))
 
 
 def _default_memory_limit() -> str:
@@ -177,7 +188,10 @@ class Settings(BaseSettings):
     host: str = Field("127.0.0.1", description="bind address of the Flight server")
     port: int = Field(8815, ge=0, le=65535, description="Flight port (0 picks a free port)")
     data_dir: Path = Field(Path("./data"), description="DuckDB file, Parquet datasets and spill directory")
-    schemas_dir: Path = Field(PROJECT_ROOT / "schemas", description="table DDL and the named-query catalogue")
+    schemas_dir: Path = Field(
+        default_factory=packaged_schemas,
+        description="folder of table DDL and the named-query catalogue (default: the copy shipped in the package)",
+    )
     log_level: str = Field("INFO", description="log level: DEBUG, INFO, WARNING or ERROR")
     log_format: str = Field("json", description="log format: json (one object a line) or text")
     health_port: int = Field(
