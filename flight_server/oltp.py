@@ -1,7 +1,9 @@
 """PostgreSQL set-up: the OLTP schema, the read-only role, and the demo rows.
 
 `apply_schema` runs `schemas/postgres.sql` and `schemas/postgres_roles.sql`, both
-idempotent, at every start-up. `seed_demo` fills the OLTP tables consistently with the
+idempotent, at every start-up. `declared_tables` reads the tables and columns that
+`schemas/postgres.sql` declares, without a connection: what the server knows of
+PostgreSQL while it cannot reach it. `seed_demo` fills the OLTP tables consistently with the
 DuckDB demo data (the same project ids, domains and captures), computing the rows in
 DuckDB and loading them over ADBC bulk ingest (COPY), so hybrid answers are meaningful.
 """
@@ -19,6 +21,8 @@ from pathlib import Path
 import adbc_driver_postgresql.dbapi as pg
 import duckdb
 import pyarrow as pa
+import sqlglot
+from sqlglot import exp
 
 from flight_server.demo import DEMO_PROJECTS, demo_domains
 
@@ -43,6 +47,18 @@ def apply_schema(uri: str, schemas_dir: Path) -> None:
         for name in ("postgres.sql", "postgres_roles.sql"):
             cur.executescript((schemas_dir / name).read_text())
     logger.info("postgres schema applied")
+
+
+def declared_tables(schemas_dir: Path) -> dict[str, dict[str, str]]:
+    """Table -> column -> type of every `CREATE TABLE` in schemas/postgres.sql (parsed, not run)."""
+    tables: dict[str, dict[str, str]] = {}
+    for statement in sqlglot.parse((schemas_dir / "postgres.sql").read_text(), read="postgres"):
+        if isinstance(statement, exp.Create) and statement.kind == "TABLE" and isinstance(statement.this, exp.Schema):
+            columns = [c for c in statement.this.expressions if isinstance(c, exp.ColumnDef)]
+            tables[statement.this.this.name.lower()] = {
+                c.name: c.args["kind"].sql("postgres") if c.args.get("kind") else "TEXT" for c in columns
+            }
+    return tables
 
 
 def find_user(uri: str, email: str) -> tuple[str, str, list[str]] | None:

@@ -66,6 +66,9 @@ class PostgresSettings(BaseModel):
     breaker_failures: int = Field(3, ge=1, description="failures in a row that open PostgreSQL's circuit breaker")
     breaker_open_s: float = Field(2.0, gt=0, description="seconds PostgreSQL is skipped once its breaker opens")
     apply_schema: bool = Field(True, description="apply schemas/postgres.sql at start-up (idempotent)")
+    setup_retry_s: float = Field(
+        5.0, gt=0, description="seconds between attempts to set up a PostgreSQL that was unreachable at start-up"
+    )
 
 
 class CacheSettings(BaseModel):
