@@ -7,10 +7,12 @@ import logging
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import duckdb
+from sqlglot.errors import SqlglotError
 
 from flight_server import __version__, oltp
 from flight_server.audit import AuditLog
@@ -23,6 +25,7 @@ from flight_server.datasets import DatasetRegistry
 from flight_server.engines.base import Engine
 from flight_server.engines.duckdb import DuckDBEngine
 from flight_server.engines.postgres import PostgresEngine
+from flight_server.errors import one_line
 from flight_server.executor import QueryExecutor
 from flight_server.hybrid import HybridRunner
 from flight_server.ingest import IngestService
@@ -36,6 +39,7 @@ from flight_server.resources import ResourceMonitor
 from flight_server.router import Router, TableRegistry
 from flight_server.security import configured_users
 from flight_server.settings import Settings
+from flight_server.startup import StartupError
 from flight_server.sync.replica import ReplicaStore
 from flight_server.sync.service import SyncService
 from flight_server.sync.source import ChangeSource
@@ -60,6 +64,18 @@ class RequestStats:
     def snapshot(self) -> dict[str, Any]:
         with self._lock:
             return {"by_rpc": dict(self._by_rpc), "by_status": dict(self._by_status)}
+
+
+@contextlib.contextmanager
+def _schemas_file(path: Path, what: str) -> Iterator[None]:
+    """A file of the schemas folder that cannot be read or fails its checks stops start-up, in one line."""
+    try:
+        yield
+    except (ValueError, OSError, SqlglotError) as exc:
+        raise StartupError(
+            f"the {what} {path} is unusable: {one_line(str(exc))}; fix it, "
+            f"or point FLIGHT_SCHEMAS_DIR at a folder with a valid {path.name}"
+        ) from None
 
 
 class App:
@@ -103,7 +119,8 @@ class App:
         self.postgres_setup: PostgresSetup | None = None
         self.hybrid: HybridRunner | None = None
         if settings.postgres.uri:
-            declared = oltp.declared_tables(settings.schemas_dir)
+            with _schemas_file(settings.schemas_dir / "postgres.sql", "PostgreSQL schema"):
+                declared = oltp.declared_tables(settings.schemas_dir)
             self.postgres = PostgresEngine(settings.postgres, self.running, settings.duckdb.query_deadline_s, declared)
             unwind.callback(self.postgres.close)
             self.postgres_setup = PostgresSetup(settings, self.postgres)
@@ -121,7 +138,8 @@ class App:
         unwind.callback(self.audit.close)
         self._configured_users = configured_users(settings.auth.users_file)
         catalog_path = settings.schemas_dir / "catalog.toml"
-        self.catalog = load_catalog(catalog_path)
+        with _schemas_file(catalog_path, "named-query catalogue"):
+            self.catalog = load_catalog(catalog_path)
         self.cache = build_cache(settings)
         unwind.callback(self.cache.close)
         self.ingest = IngestService(settings.ingest, self.datasets, self.cache, self.registry.owner)
@@ -134,7 +152,8 @@ class App:
             deadline_s=settings.duckdb.query_deadline_s,
             hybrid=self.hybrid,
         )
-        self.executor.validate_catalog()
+        with _schemas_file(catalog_path, "named-query catalogue"):
+            self.executor.validate_catalog()
         self.sync: SyncService | None = None
         if self.postgres_setup is not None and settings.sync.enabled:
             self.sync = self._start_sync(settings, self.postgres_setup)

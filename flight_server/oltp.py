@@ -182,8 +182,12 @@ def seed_demo(
     *,
     seed: int = 42,
     progress: Callable[[str, int, int], None] | None = None,
+    before_commit: Callable[[], None] | None = None,
 ) -> dict[str, int]:
-    """Replace the OLTP tables' rows with demo rows matching the DuckDB demo data."""
+    """Replace the OLTP tables' rows with demo rows matching the DuckDB demo data, in one transaction.
+
+    `before_commit` runs right before COMMIT (nothing is visible until it returns).
+    """
     started = time.monotonic()
     tables = _demo_tables(duck, seed)
     counts: dict[str, int] = {}
@@ -200,6 +204,8 @@ def seed_demo(
             counts[name] = table.num_rows
             if progress is not None:
                 progress("postgres", done + 1, len(OLTP_TABLES))
+        if before_commit is not None:
+            before_commit()
         conn.commit()
     logger.info(
         "postgres demo data loaded",

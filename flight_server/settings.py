@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 
 import psutil
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -89,6 +89,14 @@ class CacheSettings(BaseModel):
 
 class RedisSettings(BaseModel):
     url: str | None = Field(None, description="Redis URL of the shared L2 cache; unset = L1 only")
+
+    @field_validator("url")
+    @classmethod
+    def _url_has_a_scheme(cls, url: str | None) -> str | None:
+        if url and not url.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must be a Redis URL such as redis://127.0.0.1:6379/0 (redis://, rediss:// or unix://)")
+        return url
+
     ttl_s: float = Field(1800.0, gt=0, description="seconds an L2 entry lives")
     compression: str = Field("zstd", description="Arrow IPC buffer compression of L2 entries: none, lz4 or zstd")
     socket_timeout_s: float = Field(0.25, gt=0, description="Redis socket timeout; bounds the cost of a fault")

@@ -16,6 +16,7 @@ from tcp_proxy import TcpProxy
 
 from flight_server.app import App
 from flight_server.settings import CacheSettings, DuckDBSettings, Settings, SyncSettings, packaged_schemas
+from flight_server.startup import StartupError
 
 from conftest import ServerHandle, create_database, drop_database, pg_settings, start_server, stop_server
 
@@ -137,6 +138,6 @@ def test_postgres_setup_catalogue_is_checked_against_the_declared_schema_while_d
         postgres=pg_settings("chrono_absent", port=_closed_port()),
         cache=CacheSettings(warm_top_n=0),
     )
-    with pytest.raises(ValueError, match=r"system\.user_activity does not plan: .*no_such_column"):
+    with pytest.raises(StartupError, match=r"system\.user_activity does not plan: .*no_such_column.*; fix it"):
         App(settings)
     App(settings.model_copy(update={"schemas_dir": packaged_schemas()})).close()  # the shipped one passes
