@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import duckdb
+from sqlglot.errors import SqlglotError
 
 from flight_server import __version__, oltp
 from flight_server.access import load_access
@@ -23,6 +26,7 @@ from flight_server.datasets import DatasetRegistry
 from flight_server.engines.base import Engine
 from flight_server.engines.duckdb import DuckDBEngine
 from flight_server.engines.postgres import PostgresEngine
+from flight_server.errors import one_line
 from flight_server.executor import QueryExecutor
 from flight_server.hybrid import HybridRunner
 from flight_server.ingest import IngestService
@@ -30,11 +34,13 @@ from flight_server.lifecycle import Lifecycle
 from flight_server.limits import Limiter
 from flight_server.live import LiveMetrics
 from flight_server.metrics import Metrics
+from flight_server.postgres_setup import PostgresSetup
 from flight_server.replicas import ReplicaRouter
 from flight_server.resources import ResourceMonitor
 from flight_server.router import Router, TableRegistry
 from flight_server.security import configured_users
 from flight_server.settings import Settings
+from flight_server.startup import StartupError
 from flight_server.sync.replica import ReplicaStore
 from flight_server.sync.service import SyncService
 from flight_server.sync.source import ChangeSource
@@ -61,24 +67,66 @@ class RequestStats:
             return {"by_rpc": dict(self._by_rpc), "by_status": dict(self._by_status)}
 
 
+@contextlib.contextmanager
+def _schemas_file(path: Path, what: str) -> Iterator[None]:
+    """A file of the schemas folder that cannot be read or fails its checks stops start-up, in one line."""
+    try:
+        yield
+    except (ValueError, OSError, SqlglotError) as exc:
+        raise StartupError(
+            f"the {what} {path} is unusable: {one_line(str(exc))}; fix it, "
+            f"or point FLIGHT_SCHEMAS_DIR at a folder with a valid {path.name}"
+        ) from None
+
+
 class App:
+    """The composition root: builds every part from `Settings`, and closes them.
+
+    A start-up that fails part-way (a broken catalogue, Ctrl-C during demo data, a
+    locked database) unwinds what it had built, newest first: threads stopped, the
+    PostgreSQL pool and DuckDB closed, so nothing outlives the failed `App`.
+    """
+
     def __init__(self, settings: Settings, prepare: Callable[[duckdb.DuckDBPyConnection], None] | None = None) -> None:
         self.settings = settings
         self.version = __version__
         self.started = time.time()
         self.lifecycle = Lifecycle()
         self.metrics = Metrics()
+        with contextlib.ExitStack() as unwind:
+            self._build(settings, prepare, unwind)
+            unwind.pop_all()  # built: from now on close() stops everything, in its own order
+        logger.info(
+            "server parts ready",
+            extra={"fields": {"engines": sorted(self.engines), "named_queries": len(self.catalog)}},
+        )
+
+    def _build(
+        self,
+        settings: Settings,
+        prepare: Callable[[duckdb.DuckDBPyConnection], None] | None,
+        unwind: contextlib.ExitStack,
+    ) -> None:
         self.running = RunningQueries()
+        unwind.callback(self.running.close)
         self.duckdb = DuckDBEngine(settings, self.running, prepare)
+        unwind.callback(self.duckdb.close)
         self.datasets = DatasetRegistry(settings.datasets_dir, self.duckdb.cursor, self.running)
         self.datasets.open()
         self.duckdb.dataset_rows = self.datasets.row_counts
         self.engines: dict[str, Engine] = {"duckdb": self.duckdb}
         sources: dict[str, Callable[[], dict[str, str]]] = {"duckdb": self.duckdb.refresh_tables}
         self.postgres: PostgresEngine | None = None
+        self.postgres_setup: PostgresSetup | None = None
         self.hybrid: HybridRunner | None = None
         if settings.postgres.uri:
-            self.postgres = self._start_postgres(settings)
+            with _schemas_file(settings.schemas_dir / "postgres.sql", "PostgreSQL schema"):
+                declared = oltp.declared_tables(settings.schemas_dir)
+            self.postgres = PostgresEngine(settings.postgres, self.running, settings.duckdb.query_deadline_s, declared)
+            unwind.callback(self.postgres.close)
+            self.postgres_setup = PostgresSetup(settings, self.postgres)
+            unwind.callback(self.postgres_setup.close)
+            self.postgres_setup.start_up()
             self.engines["postgres"] = self.postgres
             sources["postgres"] = self.postgres.refresh_tables
             self.hybrid = HybridRunner(self.duckdb, self.postgres)
@@ -88,10 +136,15 @@ class App:
         self.auth = Authenticator(settings.auth, self._lookup_user)
         self.limits = Limiter(settings.limits)
         self.audit = AuditLog(settings.postgres.uri)
+        unwind.callback(self.audit.close)
         self._configured_users = configured_users(settings.auth.users_file)
-        self.catalog = load_catalog(settings.schemas_dir / "catalog.toml")
-        self.access = load_access(settings.schemas_dir / "postgres.sql")
+        catalog_path = settings.schemas_dir / "catalog.toml"
+        with _schemas_file(catalog_path, "named-query catalogue"):
+            self.catalog = load_catalog(catalog_path)
+        with _schemas_file(settings.schemas_dir / "postgres.sql", "PostgreSQL schema"):
+            self.access = load_access(settings.schemas_dir / "postgres.sql")
         self.cache = build_cache(settings)
+        unwind.callback(self.cache.close)
         self.ingest = IngestService(settings.ingest, self.datasets, self.cache, self.registry.owner)
         self.executor = QueryExecutor(
             self.catalog,
@@ -105,21 +158,23 @@ class App:
             max_generated=settings.limits.max_generated_length,
             limits=self.limits,
         )
-        self.executor.validate_catalog()
+        with _schemas_file(catalog_path, "named-query catalogue"):
+            self.executor.validate_catalog()
         self.sync: SyncService | None = None
-        if self.postgres is not None and settings.sync.enabled:
-            self.sync = self._start_sync(settings)
+        if self.postgres_setup is not None and settings.sync.enabled:
+            self.sync = self._start_sync(settings, self.postgres_setup)
+            unwind.callback(self.sync.close)
+        if self.postgres_setup is not None:
+            self.postgres_setup.retry_in_background(self._postgres_ready)
         self.warmer = CacheWarmer(self.executor, self.cache, settings.cache)
+        unwind.callback(self.warmer.close)
         self.warmer.warm_soon("start-up")
         self.stats = RequestStats()
         self.resources = ResourceMonitor(
             settings.data_dir, self._duckdb_memory, settings.duckdb.memory_limit, settings.health_interval_s
         )
+        unwind.callback(self.resources.close)
         self.live = LiveMetrics(self)
-        logger.info(
-            "server parts ready",
-            extra={"fields": {"engines": sorted(self.engines), "named_queries": len(self.catalog)}},
-        )
 
     def uptime_s(self) -> float:
         return round(time.time() - self.started, 3)
@@ -156,26 +211,33 @@ class App:
         email, password_hash, projects = row
         return Credentials(email, password_hash, "analyst", tuple(projects))
 
-    def _start_postgres(self, settings: Settings) -> PostgresEngine:
-        uri = settings.postgres.uri
-        assert uri is not None
-        if settings.postgres.apply_schema:
-            try:
-                oltp.apply_schema(uri, settings.schemas_dir, settings.postgres.reader_uri)
-            except Exception as exc:  # PostgreSQL down at start-up: serve DuckDB, retry later
-                logger.warning("postgres schema not applied", extra={"fields": {"error": str(exc).splitlines()[0]}})
-        return PostgresEngine(settings.postgres, self.running, settings.duckdb.query_deadline_s)
+    def _start_sync(self, settings: Settings, setup: PostgresSetup) -> SyncService:
+        """Replicas of the OLTP tables in DuckDB, kept current in the background.
 
-    def _start_sync(self, settings: Settings) -> SyncService:
-        """Replicas of the OLTP tables in DuckDB, kept current in the background."""
+        Replicas left by an earlier run serve at once, PostgreSQL reachable or not; the
+        loop waits for the PostgreSQL set-up before its first cycle.
+        """
         assert settings.postgres.uri is not None
         source = ChangeSource(settings.postgres.uri, settings.schemas_dir, settings.postgres.connect_timeout_s)
-        sync = SyncService(settings.sync, source, ReplicaStore(self.duckdb.cursor), self.cache.bump)
+        store = ReplicaStore(self.duckdb.cursor)
+        sync = SyncService(settings.sync, source, store, self.cache.bump, prepare=setup.require)
         self.executor.replicas = ReplicaRouter(
             sync, self.registry, settings.sync.max_staleness_s, self.access.secret_names()
         )
         sync.start()
         return sync
+
+    def _postgres_ready(self) -> None:
+        """PostgreSQL answered after being unreachable at start-up: take it up without a restart."""
+        self.registry.refresh()
+        if self.hybrid is not None:
+            self.hybrid.planner(refresh=True)
+        try:
+            self.executor.validate_catalog()  # the named queries that needed PostgreSQL to plan
+        except ValueError as exc:  # the live database disagrees with the catalogue: those answer errors
+            logger.error("named query does not plan against postgres", extra={"fields": {"error": str(exc)}})
+        if self.sync is not None:
+            self.sync.wake()
 
     def close(self, engines: bool = True) -> None:
         """Stop background work (flushing what it holds), then close the cache and the engines.
@@ -184,6 +246,8 @@ class App:
         a client stopped reading: its reader still belongs to an engine.
         """
         self.lifecycle.stopped()
+        if self.postgres_setup is not None:
+            self.postgres_setup.close()
         if self.sync is not None:
             self.sync.close()
         self.warmer.close()

@@ -75,6 +75,12 @@ class CircuitBreaker:
             elif state == CLOSED and self._failures >= self._threshold:
                 self._trip()
 
+    def open_now(self) -> None:
+        """Open at once: the dependency is known to be down (e.g. unreachable at start-up)."""
+        with self._lock:
+            self._failures = max(self._failures, self._threshold)
+            self._trip()
+
     def _trip(self) -> None:
         self._state = OPEN
         self._opened_at = time.monotonic()

@@ -19,6 +19,8 @@ from typing import Any
 import pyarrow as pa
 import sqlglot
 from sqlglot import exp
+from sqlglot.errors import SqlglotError
+from sqlglot.optimizer.qualify import qualify
 
 from flight_server.errors import InvalidArgument, NotFound
 
@@ -222,6 +224,23 @@ def _parse_param(query: str, raw: dict[str, Any]) -> Parameter:
 def _placeholders(sql: str) -> set[str]:
     tree = sqlglot.parse_one(sql, read="duckdb")
     return {p.name for p in tree.find_all(exp.Placeholder) if p.name}
+
+
+def check_columns(sql: str, columns: Mapping[str, Mapping[str, str]]) -> None:
+    """Every column `sql` names resolves against `columns` (table -> column -> type); else ValueError.
+
+    The check of a named query whose engine cannot be asked (PostgreSQL down at
+    start-up): its tables' columns as declared instead of as the engine reports them.
+    """
+    try:
+        qualify(
+            sqlglot.parse_one(sql, read="duckdb"),
+            schema={t: dict(c) for t, c in columns.items()},
+            dialect="duckdb",
+            validate_qualify_columns=True,
+        )
+    except SqlglotError as exc:
+        raise ValueError(str(exc).splitlines()[0]) from None
 
 
 def load_catalog(path: Path) -> Catalog:

@@ -1,4 +1,10 @@
-"""The `flight-server` command: serve, demo-data, demo-tokens, query, ingest, sync."""
+"""The `flight-server` command: serve, demo-data, demo-tokens, query, ingest, sync.
+
+Whatever fails, the command ends with one line on stderr saying what was wrong and what
+to do, and a non-zero exit code: 1 for a problem to fix (flight_server.startup), 130 for
+Ctrl-C. The module imports only the standard library at the top, so that Ctrl-C right
+after launch already finds the handler in place (`main` installs it before anything else).
+"""
 
 from __future__ import annotations
 
@@ -7,28 +13,38 @@ import logging
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-
-import duckdb
-from rich.console import Console
-from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
+from typing import TYPE_CHECKING
 
 from flight_server import __version__
-from flight_server.logs import configure_logging
-from flight_server.settings import Settings
+from flight_server.startup import CommittedInterrupt, Interrupts, StartupError
+
+if TYPE_CHECKING:  # the server's parts load only for `serve`: other commands start fast
+    import duckdb
+    from rich.console import Console
+
+    from flight_server.settings import Settings
 
 logger = logging.getLogger(__name__)
-err = Console(stderr=True)
+interrupts = Interrupts()
+
+
+def _err() -> Console:
+    from rich.console import Console
+
+    return Console(stderr=True)
 
 
 @contextmanager
 def _progress() -> Iterator[Callable[[str, int, int], None]]:
     """A progress callback drawing one bar per step on stderr."""
+    from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
+
     with Progress(
         TextColumn("{task.description:<22}"),
         BarColumn(),
         TextColumn("{task.percentage:>5.1f}%"),
         TimeElapsedColumn(),
-        console=err,
+        console=_err(),
         transient=False,
     ) as bar:
         tasks: dict[str, TaskID] = {}
@@ -41,31 +57,78 @@ def _progress() -> Iterator[Callable[[str, int, int], None]]:
         yield update
 
 
+def _reach_postgres(settings: Settings) -> str | None:
+    """The PostgreSQL URI with its schema applied, checked before any data changes."""
+    import adbc_driver_manager
+
+    from flight_server import oltp
+    from flight_server.engines.postgres import with_connect_timeout
+    from flight_server.errors import one_line
+
+    if not settings.postgres.uri:
+        return None
+    uri = with_connect_timeout(settings.postgres.uri, settings.postgres.connect_timeout_s)
+    try:
+        oltp.apply_schema(uri, settings.schemas_dir, settings.postgres.reader_uri)
+    except (adbc_driver_manager.Error, OSError) as exc:
+        raise StartupError(
+            f"cannot reach PostgreSQL ({one_line(str(exc).replace('[libpq] ', ''), 200)}): start it and check "
+            "FLIGHT_POSTGRES__URI, or unset FLIGHT_POSTGRES__URI for DuckDB demo data alone"
+        ) from None
+    return uri
+
+
 def _fill_demo(con: duckdb.DuckDBPyConnection, settings: Settings, rows: int, seed: int, only_if_empty: bool) -> None:
-    """Demo data into DuckDB and, when configured, PostgreSQL (each only if empty, on request)."""
+    """Demo data into DuckDB and, when configured, PostgreSQL (each only if empty, on request).
+
+    Both stores change together or not at all: the PostgreSQL rows load inside the
+    DuckDB transaction and commit just before it, with Ctrl-C held off from the first
+    commit to the last. `serve --demo` with PostgreSQL unreachable fills DuckDB alone
+    (the server starts without PostgreSQL); `demo-data` stops before changing anything.
+    """
     from flight_server import oltp
     from flight_server.demo import generate_demo_data
 
-    uri = settings.postgres.uri
+    try:
+        uri = _reach_postgres(settings)
+    except StartupError as exc:
+        if not only_if_empty:
+            raise
+        logger.warning("demo rows not loaded into PostgreSQL; restart with --demo once it is up: %s", exc)
+        uri = None
+    existing = con.sql("SELECT count(*) FROM cdx_records").fetchall()[0][0]
+    generate = not (only_if_empty and existing)
+    seed_postgres = uri is not None and (not only_if_empty or oltp.is_empty(uri))
+    if not generate:
+        logger.info("demo data not generated: cdx_records has rows", extra={"fields": {"rows": existing}})
+    counts: dict[str, int] = {}
     with _progress() as progress:
-        existing = con.sql("SELECT count(*) FROM cdx_records").fetchall()[0][0]
-        if only_if_empty and existing:
-            logger.info("demo data not generated: cdx_records has rows", extra={"fields": {"rows": existing}})
-        else:
-            summary = generate_demo_data(con, rows, seed=seed, progress=progress)
-            err.print(
-                f"demo data: {summary.cdx_records:,} CDX records, {summary.content_analytics:,} content rows, "
-                f"{summary.performance_metrics:,} metrics, {summary.projects} projects, "
-                f"{summary.domains:,} domains in {summary.seconds:.1f} s"
-            )
-        if uri:
-            oltp.apply_schema(uri, settings.schemas_dir, settings.postgres.reader_uri)
-            if not only_if_empty or oltp.is_empty(uri):
-                counts = oltp.seed_demo(uri, con, seed=seed, progress=progress)
-                err.print(
-                    f"demo data in PostgreSQL: {counts['projects']} projects, "
-                    f"{counts['scrape_pages']:,} scrape pages, {counts['audit_logs']:,} audit log rows"
-                )
+
+        def load_postgres() -> None:
+            if uri is not None and seed_postgres:
+                counts.update(oltp.seed_demo(uri, con, seed=seed, progress=progress, before_commit=interrupts.defer))
+            interrupts.defer()
+
+        try:
+            if generate:
+                summary = generate_demo_data(con, rows, seed=seed, progress=progress, before_commit=load_postgres)
+            elif seed_postgres:
+                load_postgres()
+        except BaseException:
+            interrupts.resume(stop=False)
+            raise
+    if generate:
+        _err().print(
+            f"demo data: {summary.cdx_records:,} CDX records, {summary.content_analytics:,} content rows, "
+            f"{summary.performance_metrics:,} metrics, {summary.projects} projects, "
+            f"{summary.domains:,} domains in {summary.seconds:.1f} s"
+        )
+    if counts:
+        _err().print(
+            f"demo data in PostgreSQL: {counts['projects']} projects, "
+            f"{counts['scrape_pages']:,} scrape pages, {counts['audit_logs']:,} audit log rows"
+        )
+    interrupts.resume()  # a Ctrl-C held off during the commits stops the command now
 
 
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
@@ -79,7 +142,7 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
         location = runner.location
         ports = {"health_port": runner.health.port, "metrics_port": runner.metrics_port}
         logger.info("serving", extra={"fields": {"location": location, "version": __version__, **ports}})
-        err.print(
+        _err().print(
             f"Chrono Flight {__version__} listening on {location} (Ctrl-C stops); "
             f"health on port {runner.health.port}, metrics on port {runner.metrics_port}",
             soft_wrap=True,
@@ -103,23 +166,20 @@ def cmd_health_check(args: argparse.Namespace, settings: Settings) -> int:
                 health_pb2.HealthCheckRequest(service=args.service), timeout=args.timeout
             )
         except grpc.RpcError as exc:
-            err.print(f"{target}: {exc.code().name}: {exc.details()}")
+            _err().print(f"{target}: {exc.code().name}: {exc.details()}")
             return 1
     status = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
-    err.print(f"{target} {args.service or '(server)'}: {status}")
+    _err().print(f"{target} {args.service or '(server)'}: {status}")
     return 0 if reply.status == health_pb2.HealthCheckResponse.SERVING else 1
 
 
 def cmd_demo_data(args: argparse.Namespace, settings: Settings) -> int:
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    try:
-        con = duckdb.connect(str(settings.duckdb_path))
-    except duckdb.IOException as exc:
-        err.print(f"cannot open the database (is the server running on this data directory?): {exc}")
-        return 1
-    try:
-        from flight_server.datasets import apply_schema
+    from flight_server.datasets import apply_schema
+    from flight_server.startup import open_duckdb, prepare_data_dir
 
+    prepare_data_dir(settings.data_dir)
+    con = open_duckdb(settings.duckdb_path)
+    try:
         apply_schema(con, settings.schemas_dir)
         _fill_demo(con, settings, args.rows, args.seed, only_if_empty=False)
     finally:
@@ -214,13 +274,59 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _interrupted(command: str, exc: BaseException) -> str:
+    committed = isinstance(exc, CommittedInterrupt) or interrupts.committed
+    if command == "serve":
+        done = "the demo data it generated is complete" if committed else "no demo data was committed"
+        return f"interrupted during start-up: the server did not start, and {done}"
+    if committed:
+        return "interrupted after the demo data was committed: it is complete, and the command stopped there"
+    if command == "demo-data":
+        return "interrupted: the demo data was not changed (nothing was committed); run demo-data again"
+    if command == "flight-server":
+        return "interrupted before the command started"
+    return f"interrupted: {command} stopped before it finished"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    settings = Settings()
-    configure_logging(settings.log_level, settings.log_format if args.command == "serve" else "text")
-    if args.command != "serve":
-        logging.getLogger().setLevel(max(logging.WARNING, logging.getLogger().level))
-    return int(args.func(args, settings))
+    """Run a command; failures end as one line on stderr (see the module docstring)."""
+    interrupts.install()
+    command = "flight-server"
+    try:
+        from pydantic import ValidationError
+
+        from flight_server.logs import configure_logging
+        from flight_server.settings import Settings
+        from flight_server.startup import settings_problem
+
+        args = build_parser().parse_args(argv)
+        command = str(args.command)
+        try:
+            settings = Settings()
+        except ValidationError as exc:
+            raise StartupError(settings_problem(exc)) from None
+        configure_logging(settings.log_level, settings.log_format if args.command == "serve" else "text")
+        if args.command != "serve":
+            logging.getLogger().setLevel(max(logging.WARNING, logging.getLogger().level))
+        return int(args.func(args, settings))
+    except StartupError as exc:
+        _err().print(f"{command}: {exc}", soft_wrap=True, highlight=False, markup=False)
+        return 1
+    except BaseException as exc:
+        if isinstance(exc, SystemExit):
+            raise
+        if not (interrupts.requested or isinstance(exc, KeyboardInterrupt)):
+            logger.debug("command failed", exc_info=True)
+            message = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            _err().print(
+                f"{command} failed: {message} (FLIGHT_LOG_LEVEL=DEBUG shows the details)",
+                soft_wrap=True,
+                highlight=False,
+                markup=False,
+            )
+            return 1
+        _err().print(f"{command}: {_interrupted(command, exc)}", soft_wrap=True, highlight=False, markup=False)
+        return 130
 
 
 if __name__ == "__main__":

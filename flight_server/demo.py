@@ -282,6 +282,7 @@ def generate_demo_data(
     seed: int = 42,
     end_date: datetime.date | None = None,
     progress: Callable[[str, int, int], None] | None = None,
+    before_commit: Callable[[], None] | None = None,
 ) -> DemoSummary:
     """Replace the contents of the analytics tables with `rows` demo captures.
 
@@ -290,7 +291,9 @@ def generate_demo_data(
     (inclusive, default today UTC); metrics cover the 30 days ending with `end_date`.
     Everything runs in one transaction, so `con` must not be inside one: on any error,
     including one raised by `progress` (called as `progress(step, done, total)` after
-    each chunk), the old data stays.
+    each chunk), the old data stays. `before_commit` runs inside the transaction, every
+    row in place, right before COMMIT: work that must succeed with it (the PostgreSQL demo
+    rows, read from these uncommitted tables) or undo it by raising.
     """
     if rows < 0:
         raise ValueError(f"rows must be >= 0, got {rows}")
@@ -342,6 +345,8 @@ def generate_demo_data(
         for statement in _CLEANUP:
             con.execute(statement)
         cdx, content, metrics, projects, present = (int(n) for n in con.execute(_SUMMARY_SQL).fetchall()[0])
+        if before_commit is not None:
+            before_commit()
         con.execute("COMMIT")
     except BaseException:
         con.execute("ROLLBACK")

@@ -25,11 +25,11 @@ import sqlglot
 from flight_server.access import AccessPolicy
 from flight_server.audit import fingerprint
 from flight_server.cache import CacheKey, TieredCache, cache_key, route_version, table_version
-from flight_server.catalog import Catalog, NamedQuery
+from flight_server.catalog import Catalog, NamedQuery, check_columns
 from flight_server.commands import Command
 from flight_server.context import Caller, RequestContext
 from flight_server.engines.base import Engine, QueryResult
-from flight_server.errors import NotFound, PermissionDenied, Unavailable
+from flight_server.errors import NotFound, PermissionDenied, Unavailable, one_line
 from flight_server.hybrid import HybridRunner, to_postgres
 from flight_server.limits import Limiter
 from flight_server.replicas import ReplicaChoice, ReplicaRouter
@@ -107,6 +107,11 @@ class Plan:
     unavailable: Unavailable | None = None  # the router's error when PostgreSQL is down
     replica: ReplicaChoice | None = None
 
+    def become(self, other: Plan) -> None:
+        """Take every field of `other`: the same request, planned again."""
+        for name in self.__dataclass_fields__:
+            setattr(self, name, getattr(other, name))
+
     def metadata(self, cache: str) -> dict[str, Any]:
         out = {
             "engine": self.engine,
@@ -180,27 +185,44 @@ class QueryExecutor:
         self.replicas: ReplicaRouter | None = None  # set when PostgreSQL is replicated into DuckDB
 
     def validate_catalog(self) -> None:
-        """Plan every named query with sample values: a broken entry stops start-up.
+        """Plan every named query not planned yet with sample values: a broken entry stops start-up.
 
-        Queries whose engine is not configured are skipped; they answer UNAVAILABLE.
+        Queries whose engine is not configured are skipped; they answer UNAVAILABLE. Those
+        whose engine is down (PostgreSQL unreachable) are checked against the tables and
+        columns the engines know without it (for PostgreSQL: schemas/postgres.sql) and
+        planned when this runs again, once PostgreSQL is back.
         """
         for query in self.catalog:
+            if query.name in self._named_schemas:
+                continue
+            needed = {"duckdb", "postgres"} if query.engine == "hybrid" else {query.engine}
+            if not needed <= self.router.engines:
+                logger.info(
+                    "named query needs an engine that is not configured", extra={"fields": {"query": query.name}}
+                )
+                continue
             sample = {p.name: p.default if p.default is not None else _SAMPLE_VALUES[p.type] for p in query.params}
             try:
                 route = self.router.route(
                     query.tables, declared=query.engine, tree=self._named_trees[query.name], label=query.name
                 )
-            except Unavailable:
-                logger.info(
-                    "named query needs an engine that is not configured", extra={"fields": {"query": query.name}}
-                )
-                continue
-            try:
                 self._named_schemas[query.name] = self._schema(route.engine, query.sql, sample)
-            except Unavailable as exc:  # PostgreSQL down at start-up: the query answers UNAVAILABLE
+            except Unavailable as exc:  # an engine down at start-up: the query answers UNAVAILABLE for now
                 logger.warning("named query not planned", extra={"fields": {"query": query.name, "error": str(exc)}})
+                self._check_offline(query)
             except Exception as exc:
-                raise ValueError(f"named query {query.name} does not plan: {exc}") from None
+                raise ValueError(f"named query {query.name} does not plan: {one_line(str(exc))}") from None
+
+    def _check_offline(self, query: NamedQuery) -> None:
+        known: dict[str, dict[str, str]] = {}
+        for engine in self.engines.values():
+            columns = getattr(engine, "columns", None)
+            if callable(columns):
+                known = {**columns(), **known}  # the first engine (DuckDB) wins, as in hybrid plans
+        try:
+            check_columns(query.sql, known)
+        except ValueError as exc:
+            raise ValueError(f"named query {query.name} does not plan: {exc}") from None
 
     def named_schema(self, name: str) -> pa.Schema | None:
         """The result schema of a named query; None while its engine is not configured."""
@@ -208,8 +230,11 @@ class QueryExecutor:
 
     # -- planning ----------------------------------------------------------------------
 
-    def plan(self, command: Command, ctx: RequestContext) -> Plan:
+    def plan(self, command: Command, ctx: RequestContext, postgres_down: Unavailable | None = None) -> Plan:
+        """The plan of a command; `postgres_down`: PostgreSQL just failed under this very request."""
         plan = self._plan(command, ctx)
+        if postgres_down is not None and plan.engine in ("postgres", "hybrid"):
+            plan.unavailable = plan.unavailable or postgres_down
         plan.deadline_s = ctx.deadline_s
         if command.kind == "sql":
             ctx.sql_fingerprint = fingerprint(command.target)
@@ -417,10 +442,28 @@ class QueryExecutor:
         """What the cache would answer for this plan now (for FlightInfo; not counted)."""
         return self.cache.peek(self._key(plan, ctx), plan.command.cache)
 
-    def describe(self, plan: Plan, ctx: RequestContext) -> tuple[pa.Schema, str]:
-        """The plan's result schema and cache status, for a FlightInfo or GetSchema.
+    def _on_replicas(self, plan: Plan, ctx: RequestContext, down: Unavailable) -> None:
+        """Re-plan in place on the DuckDB replicas after PostgreSQL failed under `plan` (else raise `down`).
 
-        Schemas are remembered by the plan's cache key (SQL, parameters, engine, scope
+        The first query after PostgreSQL goes away finds its breaker still closed, is
+        routed to PostgreSQL and fails there; planned again with that failure in hand it
+        is answered from the replicas like the queries after it, which the open breaker
+        sends there directly.
+        """
+        if self.replicas is None or plan.replica is not None or plan.engine not in ("postgres", "hybrid"):
+            raise down
+        plan.become(self.plan(plan.command, ctx, postgres_down=down))
+
+    def describe(self, plan: Plan, ctx: RequestContext) -> tuple[pa.Schema, str]:
+        """The plan's result schema and cache status, for a FlightInfo (see `_describe`)."""
+        try:
+            return self._describe(plan, ctx)
+        except Unavailable as exc:
+            self._on_replicas(plan, ctx, exc)
+            return self._describe(plan, ctx)
+
+    def _describe(self, plan: Plan, ctx: RequestContext) -> tuple[pa.Schema, str]:
+        """Schemas are remembered by the plan's cache key (SQL, parameters, engine, scope
         and data versions), so a repeated statement skips the engine's describe step.
         The describe step plans the query, which can be real work (a PIVOT reads its
         columns' values): it holds a query slot of the caller, as DoGet does, and runs
@@ -436,6 +479,13 @@ class QueryExecutor:
 
     def open(self, plan: Plan, ctx: RequestContext, *, count_use: bool = True) -> OpenResult:
         """Serve from the cache, or run the query (once for concurrent identical misses)."""
+        try:
+            return self._open(plan, ctx, count_use)
+        except Unavailable as exc:
+            self._on_replicas(plan, ctx, exc)
+            return self._open(plan, ctx, False)
+
+    def _open(self, plan: Plan, ctx: RequestContext, count_use: bool) -> OpenResult:
         if plan.named is not None and count_use:
             self.cache.count_use(json.dumps({"c": plan.command.to_json().decode(), "s": ctx.caller.scope}))
         key = self._key(plan, ctx)

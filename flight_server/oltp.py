@@ -3,9 +3,11 @@
 `apply_schema` runs `schemas/postgres.sql` and `schemas/postgres_roles.sql`, both
 idempotent, at every start-up; when the reader URI names the reader role with a
 password, it gives the role that password (so a deployment needs no manual step).
-`seed_demo` fills the OLTP tables consistently with the DuckDB demo data (the same
-project ids, domains and captures), computing the rows in DuckDB and loading them over
-ADBC bulk ingest (COPY), so hybrid answers are meaningful.
+`declared_tables` reads the tables and columns that
+`schemas/postgres.sql` declares, without a connection: what the server knows of
+PostgreSQL while it cannot reach it. `seed_demo` fills the OLTP tables consistently with the
+DuckDB demo data (the same project ids, domains and captures), computing the rows in
+DuckDB and loading them over ADBC bulk ingest (COPY), so hybrid answers are meaningful.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ from urllib.parse import unquote, urlsplit
 import adbc_driver_postgresql.dbapi as pg
 import duckdb
 import pyarrow as pa
+import sqlglot
+from sqlglot import exp
 
 from flight_server.auth import hash_password
 from flight_server.demo import DEMO_PROJECTS, demo_domains
@@ -44,6 +48,18 @@ def apply_schema(uri: str, schemas_dir: Path, reader_uri: str | None = None) -> 
             literal = str(cur.fetchone()[0])  # type: ignore[index]
             cur.execute(f"ALTER ROLE {READER_ROLE} PASSWORD {literal}")
     logger.info("postgres schema applied")
+
+
+def declared_tables(schemas_dir: Path) -> dict[str, dict[str, str]]:
+    """Table -> column -> type of every `CREATE TABLE` in schemas/postgres.sql (parsed, not run)."""
+    tables: dict[str, dict[str, str]] = {}
+    for statement in sqlglot.parse((schemas_dir / "postgres.sql").read_text(), read="postgres"):
+        if isinstance(statement, exp.Create) and statement.kind == "TABLE" and isinstance(statement.this, exp.Schema):
+            columns = [c for c in statement.this.expressions if isinstance(c, exp.ColumnDef)]
+            tables[statement.this.this.name.lower()] = {
+                c.name: c.args["kind"].sql("postgres") if c.args.get("kind") else "TEXT" for c in columns
+            }
+    return tables
 
 
 def find_user(uri: str, email: str) -> tuple[str, str, list[str]] | None:
@@ -167,8 +183,12 @@ def seed_demo(
     *,
     seed: int = 42,
     progress: Callable[[str, int, int], None] | None = None,
+    before_commit: Callable[[], None] | None = None,
 ) -> dict[str, int]:
-    """Replace the OLTP tables' rows with demo rows matching the DuckDB demo data."""
+    """Replace the OLTP tables' rows with demo rows matching the DuckDB demo data, in one transaction.
+
+    `before_commit` runs right before COMMIT (nothing is visible until it returns).
+    """
     started = time.monotonic()
     tables = _demo_tables(duck, seed)
     counts: dict[str, int] = {}
@@ -185,6 +205,8 @@ def seed_demo(
             counts[name] = table.num_rows
             if progress is not None:
                 progress("postgres", done + 1, len(OLTP_TABLES))
+        if before_commit is not None:
+            before_commit()
         conn.commit()
     logger.info(
         "postgres demo data loaded",

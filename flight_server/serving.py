@@ -145,16 +145,14 @@ def run(
     prepare: Callable[[duckdb.DuckDBPyConnection], None] | None = None,
     announce: Callable[[Runner], None] | None = None,
 ) -> int:
-    """`flight-server serve`: start, serve until SIGTERM or SIGINT, shut down gracefully."""
+    """`flight-server serve`: start, serve until SIGTERM or SIGINT, shut down gracefully.
+
+    During start-up (demo data can take a while) a stop signal is the caller's: the
+    command line's handler interrupts the start-up, which unwinds what it had started
+    and raises. Once the server listens, the graceful shutdown takes the signals over.
+    """
     runner = Runner(settings)
-    # During start-up (demo data can take a while) a stop signal interrupts it.
-    for sig in STOP_SIGNALS:
-        signal.signal(sig, signal.default_int_handler)
-    try:
-        runner.start(prepare)
-    except KeyboardInterrupt:
-        logger.info("start-up interrupted")
-        return 130
+    runner.start(prepare)
     runner.install_signal_handlers()
     if announce is not None:
         announce(runner)

@@ -6,14 +6,25 @@ example `FLIGHT_DUCKDB__THREADS=4`. Nothing else in the package reads the enviro
 
 from __future__ import annotations
 
+import importlib.resources
 import os
 from pathlib import Path
 
 import psutil
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+def packaged_schemas() -> Path:
+    """The table DDL and catalogue shipped inside the package (`flight_server.schemas`).
+
+    The repository's top-level `schemas/` folder is mapped to that package (see
+    pyproject.toml), so a wheel carries its own copy and an editable install reads the
+    folder itself; the working directory never matters.
+    """
+    return Path(str(importlib.resources.files("flight_server.schemas")))
 
 
 def _default_memory_limit() -> str:
@@ -55,6 +66,9 @@ class PostgresSettings(BaseModel):
     breaker_failures: int = Field(3, ge=1, description="failures in a row that open PostgreSQL's circuit breaker")
     breaker_open_s: float = Field(2.0, gt=0, description="seconds PostgreSQL is skipped once its breaker opens")
     apply_schema: bool = Field(True, description="apply schemas/postgres.sql at start-up (idempotent)")
+    setup_retry_s: float = Field(
+        5.0, gt=0, description="seconds between attempts to set up a PostgreSQL that was unreachable at start-up"
+    )
 
 
 class CacheSettings(BaseModel):
@@ -75,6 +89,14 @@ class CacheSettings(BaseModel):
 
 class RedisSettings(BaseModel):
     url: str | None = Field(None, description="Redis URL of the shared L2 cache; unset = L1 only")
+
+    @field_validator("url")
+    @classmethod
+    def _url_has_a_scheme(cls, url: str | None) -> str | None:
+        if url and not url.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must be a Redis URL such as redis://127.0.0.1:6379/0 (redis://, rediss:// or unix://)")
+        return url
+
     ttl_s: float = Field(1800.0, gt=0, description="seconds an L2 entry lives")
     compression: str = Field("zstd", description="Arrow IPC buffer compression of L2 entries: none, lz4 or zstd")
     socket_timeout_s: float = Field(0.25, gt=0, description="Redis socket timeout; bounds the cost of a fault")
@@ -192,7 +214,10 @@ class Settings(BaseSettings):
     host: str = Field("127.0.0.1", description="bind address of the Flight server")
     port: int = Field(8815, ge=0, le=65535, description="Flight port (0 picks a free port)")
     data_dir: Path = Field(Path("./data"), description="DuckDB file, Parquet datasets and spill directory")
-    schemas_dir: Path = Field(PROJECT_ROOT / "schemas", description="table DDL and the named-query catalogue")
+    schemas_dir: Path = Field(
+        default_factory=packaged_schemas,
+        description="folder of table DDL and the named-query catalogue (default: the copy shipped in the package)",
+    )
     log_level: str = Field("INFO", description="log level: DEBUG, INFO, WARNING or ERROR")
     log_format: str = Field("json", description="log format: json (one object a line) or text")
     health_port: int = Field(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -137,14 +138,53 @@ def test_replica_answers_while_postgres_is_down_unless_a_bound_forbids(
         wait_for(lambda: handle.app.sync is not None and handle.app.sync.staleness("scrape_pages") is not None)
         expected = handle.get(ANALYTICAL)
         proxy.cut()
-        with pytest.raises(flight.FlightUnavailableError):  # opens the breaker
-            handle.get({"sql": "SELECT name FROM projects WHERE id = $1", "params": ["proj-001"]})
-        time.sleep(0.3)
+        # a lookup stays on PostgreSQL; failing there opens the breaker, and the replica answers it
+        _, lookup_meta = get_with_metadata(
+            handle, {"sql": "SELECT name FROM projects WHERE id = $1", "params": ["proj-001"]}
+        )
+        assert lookup_meta["replica"] is True
+        assert handle.app.postgres is not None and handle.app.postgres.breaker.state == "open"
         table, meta = get_with_metadata(handle, ANALYTICAL)
         assert meta["replica"] is True and "PostgreSQL unavailable" in meta["reason"]
         assert table.to_pylist() == expected.to_pylist()
         with pytest.raises(flight.FlightUnavailableError, match="stale, over the max_staleness_s"):
             handle.get({**ANALYTICAL, "max_staleness_s": 0.1})
+    finally:
+        proxy.restore()
+        stop_server(handle)
+        drop_database(database)
+
+
+def test_replica_answers_the_first_query_after_postgres_goes_down(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """Before the breaker has seen a failure, a query routed to PostgreSQL fails there and is re-planned."""
+    database = create_database()
+    proxy = TcpProxy(5432)
+    handle = start_server(
+        tmp_path_factory.mktemp("first-down"),
+        rows=1_000,
+        cache=CacheSettings(warm_top_n=0, l1_max_entries=0),
+        postgres=pg_settings(database, port=proxy.port, breaker_failures=3, breaker_open_s=30),
+        sync=SyncSettings(poll_interval_s=0.05, validate_interval_s=0, backoff_initial_s=0.1, backoff_max_s=0.5),
+    )
+    lookup = {"sql": "SELECT name FROM projects WHERE id = $1", "params": ["proj-001"]}  # a lookup: PostgreSQL's
+    try:
+        wait_for(lambda: handle.app.sync is not None and handle.app.sync.staleness("projects") is not None)
+        expected = handle.get(lookup)
+        assert get_with_metadata(handle, lookup)[1]["engine"] == "postgres"
+        proxy.cut()
+        assert handle.app.postgres is not None and handle.app.postgres.breaker.state == "closed"
+        table, meta = get_with_metadata(handle, lookup)  # the very first query after the outage
+        assert meta["replica"] is True and "PostgreSQL unavailable" in meta["reason"]
+        assert table.to_pylist() == expected.to_pylist()
+        # GetFlightInfo then DoGet: the FlightInfo already names the replica plan
+        descriptor = flight.FlightDescriptor.for_command(json.dumps({**lookup, "params": ["proj-002"]}).encode())
+        info = handle.client.get_flight_info(descriptor)
+        assert json.loads(info.app_metadata)["replica"] is True
+        assert handle.client.do_get(info.endpoints[0].ticket).read_all().num_rows == 1
+        with pytest.raises(flight.FlightUnavailableError, match=r"(?i)postgres\S* is unavailable"):
+            handle.get({**lookup, "engine": "postgres"})  # asked for PostgreSQL itself: no replica instead
     finally:
         proxy.restore()
         stop_server(handle)

@@ -31,6 +31,7 @@ from flight_server.errors import (
     one_line,
 )
 from flight_server.settings import Settings
+from flight_server.startup import open_duckdb, prepare_data_dir
 
 logger = logging.getLogger(__name__)
 
@@ -68,11 +69,10 @@ class DuckDBEngine:
         self._running = running
         self._batch_rows = settings.duckdb.batch_rows
         self._deadline_s = settings.duckdb.query_deadline_s
-        data_dir = settings.data_dir.resolve()
-        data_dir.mkdir(parents=True, exist_ok=True)
+        data_dir = prepare_data_dir(settings.data_dir)
         settings.spill_dir.mkdir(parents=True, exist_ok=True)
-        self._db = duckdb.connect(
-            str(settings.duckdb_path),
+        self._db = open_duckdb(
+            settings.duckdb_path,
             config={
                 "threads": settings.duckdb.threads,
                 "memory_limit": settings.duckdb.memory_limit,
@@ -83,13 +83,17 @@ class DuckDBEngine:
                 "allow_community_extensions": False,
             },
         )
-        apply_schema(self._db, settings.schemas_dir)
-        if prepare is not None:
-            prepare(self._db)
-        self._lock_down(data_dir)
         self._tables: dict[str, str] = {}
         self.dataset_rows: Callable[[], dict[str, int]] = dict  # rows of ingested Parquet files
-        self.refresh_tables()
+        try:
+            apply_schema(self._db, settings.schemas_dir)
+            if prepare is not None:
+                prepare(self._db)
+            self._lock_down(data_dir)
+            self.refresh_tables()
+        except BaseException:  # a failed start-up (or Ctrl-C in demo data) leaves the file unlocked
+            self._db.close()
+            raise
 
     def _lock_down(self, data_dir: Path) -> None:
         # footers of the dataset files are read once, not per query: ingested files are

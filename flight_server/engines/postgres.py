@@ -5,6 +5,10 @@ A bounded pool of ADBC connections; each query runs in a READ ONLY transaction w
 `RecordBatchReader` straight from libpq's COPY protocol (never fetched whole). The
 connection goes back to the pool when the stream is finished or dropped. A circuit
 breaker stops calling PostgreSQL while it is down and probes it again later.
+
+Tables and columns are what PostgreSQL last said, and until it first answers, what
+schemas/postgres.sql declares (`declared`): routing and catalogue validation never need
+a live connection.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import adbc_driver_manager
@@ -70,7 +74,13 @@ def _positional(params: Params) -> tuple[Any, ...] | None:
 class PostgresEngine:
     name = "postgres"
 
-    def __init__(self, settings: PostgresSettings, running: RunningQueries, default_deadline_s: float) -> None:
+    def __init__(
+        self,
+        settings: PostgresSettings,
+        running: RunningQueries,
+        default_deadline_s: float,
+        declared: Mapping[str, Mapping[str, str]] | None = None,
+    ) -> None:
         if not settings.uri:
             raise ValueError("PostgreSQL is not configured")
         self.settings = settings
@@ -81,7 +91,8 @@ class PostgresEngine:
         self._opened = 0
         self._lock = threading.Lock()
         self.breaker = CircuitBreaker("postgres", settings.breaker_failures, settings.breaker_open_s)
-        self._tables: dict[str, str] = {}
+        self._columns: dict[str, dict[str, str]] = {t: dict(c) for t, c in (declared or {}).items()}
+        self._tables: dict[str, str] = dict.fromkeys(self._columns, "table")
 
     # -- connections ---------------------------------------------------------------------
 
@@ -202,7 +213,9 @@ class PostgresEngine:
     def tables(self) -> dict[str, str]:
         return dict(self._tables)
 
-    def refresh_tables(self) -> dict[str, str]:
+    def discover(self) -> dict[str, str]:
+        """The tables PostgreSQL has now (Unavailable while it cannot be reached)."""
+
         def run(cur: pg.Cursor) -> dict[str, str]:
             cur.execute(
                 "SELECT table_name, CASE table_type WHEN 'VIEW' THEN 'view' ELSE 'table' END "
@@ -210,12 +223,16 @@ class PostgresEngine:
             )
             return {str(name).lower(): str(kind) for name, kind in cur.fetchall()}
 
+        self._tables = self._with_connection(run)
+        return self.tables()
+
+    def refresh_tables(self) -> dict[str, str]:
         with contextlib.suppress(Unavailable):  # keep the tables we knew; the breaker reports it
-            self._tables = self._with_connection(run)
+            self.discover()
         return self.tables()
 
     def columns(self) -> dict[str, dict[str, str]]:
-        """Every table's columns with their PostgreSQL types (empty while unavailable)."""
+        """Every table's columns with their PostgreSQL types (while unavailable: the last known)."""
 
         def run(cur: pg.Cursor) -> dict[str, dict[str, str]]:
             cur.execute(
@@ -227,10 +244,9 @@ class PostgresEngine:
                 out.setdefault(str(table).lower(), {})[str(column)] = _sqlglot_type(str(kind))
             return out
 
-        try:
-            return dict(self._with_connection(run))
-        except Unavailable:
-            return {}
+        with contextlib.suppress(Unavailable):
+            self._columns = dict(self._with_connection(run))
+        return dict(self._columns)
 
     def health(self) -> dict[str, Any]:
         started = time.perf_counter()

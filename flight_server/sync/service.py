@@ -11,7 +11,11 @@ whole in the same snapshot.
 
 Failures: PostgreSQL unreachable pauses the loop with exponential backoff while the
 replicas keep serving (their staleness grows and the router stops using them past
-the caller's bound); the loop resumes by itself. A table whose rows DuckDB refuses
+the caller's bound); the loop resumes by itself. Replicas from an earlier run serve from
+the start, before PostgreSQL has answered once: the tables tracked then, and how fresh
+each was, are read back from the sync state saved with them. `prepare` gates the first
+cycle (the PostgreSQL set-up: no change capture before the schema is in place); `wake`
+cuts a backoff short once it is done. A table whose rows DuckDB refuses
 goes to the retry queue for a whole-table copy with its own backoff, and the other
 tables go on.
 """
@@ -70,21 +74,26 @@ class SyncService:
         source: ChangeSource,
         store: ReplicaStore,
         on_applied: Callable[[list[str]], None],
+        prepare: Callable[[], None] | None = None,
     ) -> None:
         self.settings = settings
+        self._prepare = prepare
         self._source = source
         self._store = store
         self._on_applied = on_applied
         self._wanted = sorted(set(settings.tables))
         self._lock = threading.Lock()  # one cycle at a time: the loop, sync.run, sync.validate
         self._stop = threading.Event()
+        self._wake = threading.Event()  # set by wake() and close(): the loop stops waiting
         self._thread: threading.Thread | None = None
         self._consumer = store.consumer()
         saved = store.state()
         self._position: str | None = saved.get("snapshot")
         self._signatures: dict[str, list[list[str]]] = saved.get("signatures", {})
         self._fresh: dict[str, float] = {t: float(v) for t, v in saved.get("fresh_as_of", {}).items()}
-        self._tracked: list[str] = []
+        on_disk = store.tables()
+        self._tracked: list[str] = sorted(t for t in self._fresh if t in self._wanted and t in on_disk)
+        self._installed = False  # change capture set up in PostgreSQL by this process
         self._retry: dict[str, RetryItem] = {}
         self._failures = 0
         self._last_error: str | None = None
@@ -101,8 +110,13 @@ class SyncService:
         self._thread = threading.Thread(target=self._run, name="sync", daemon=True)
         self._thread.start()
 
+    def wake(self) -> None:
+        """Run the next cycle now rather than at the end of the current wait or backoff."""
+        self._wake.set()
+
     def close(self) -> None:
         self._stop.set()
+        self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout=30)
         self._source.close()
@@ -121,7 +135,8 @@ class SyncService:
             except Exception:  # the loop must outlive any single failure
                 logger.exception("sync cycle failed")
                 wait = self._backoff()
-            self._stop.wait(wait)
+            self._wake.wait(wait)
+            self._wake.clear()
 
     def _backoff(self) -> float:
         delay = min(self.settings.backoff_max_s, self.settings.backoff_initial_s * 2.0 ** max(0, self._failures - 1))
@@ -154,13 +169,15 @@ class SyncService:
 
     def _cycle(self, validate: list[str] | None, repair: bool) -> tuple[dict[str, Any], list[TableCheck]]:
         """One snapshot: apply what changed, then compare the `validate` tables in that same snapshot."""
-        if not self._tracked:
+        if not self._installed or not self._tracked:
+            if self._prepare is not None:
+                self._prepare()
             tracked = self._source.install(self._wanted)
             if self._position is not None and self._source.position_lost(self._consumer, self.settings.retention_s):
                 logger.warning("PostgreSQL cannot replay changes from the saved position; copying every table again")
                 self._position = None
             self._source.register(self._consumer)
-            self._tracked = tracked
+            self._tracked, self._installed = tracked, True
         applied: dict[str, int] = {}
         since = self._position
         with self._source.snapshot() as snap:
@@ -326,6 +343,9 @@ class SyncService:
             return None
         return max(0.0, time.time() - fresh)
 
+    def _running(self) -> bool:
+        return self._installed and bool(self._tracked)
+
     def status(self) -> dict[str, Any]:
         behind: dict[str, int] = {}
         if self._position is not None and self._paused_since is None:
@@ -345,7 +365,7 @@ class SyncService:
             }
         lags = list(self._lags)
         return {
-            "state": "paused" if self._paused_since is not None else "running" if self._tracked else "starting",
+            "state": "paused" if self._paused_since is not None else "running" if self._running() else "starting",
             "paused_since": self._paused_since,
             "last_error": self._last_error,
             "consumer": self._consumer,
@@ -364,6 +384,6 @@ class SyncService:
             return False, f"sync paused for {time.time() - self._paused_since:.0f} s: {self._last_error}"
         if self._retry:
             return False, f"replica copies waiting for retry: {', '.join(sorted(self._retry))}"
-        if not self._tracked:
+        if not self._running():
             return False, "sync has not completed its first cycle"
         return True, "ok"
