@@ -9,7 +9,6 @@ its side of the stream, or goes away, or until the server drains.
 from __future__ import annotations
 
 import datetime as dt
-import json
 import logging
 import threading
 import time
@@ -20,6 +19,7 @@ import psutil
 import pyarrow as pa
 import pyarrow.flight as flight
 
+from flight_server.commands import load_json
 from flight_server.errors import InvalidArgument, ResourceExhausted
 
 if TYPE_CHECKING:
@@ -59,10 +59,7 @@ def parse_subscription(descriptor: flight.FlightDescriptor) -> float:
     example = '{"subscribe": "system.metrics", "interval_s": 1}'
     if descriptor.descriptor_type != flight.DescriptorType.CMD:
         raise InvalidArgument(f"DoExchange takes a JSON command such as {example}")
-    try:
-        body = json.loads(descriptor.command)
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        raise InvalidArgument(f"DoExchange command must be JSON, e.g. {example}") from None
+    body = load_json(descriptor.command, f"the DoExchange command (e.g. {example})")
     if not isinstance(body, dict) or "subscribe" not in body:
         raise InvalidArgument(f"DoExchange command must be a subscription, e.g. {example}")
     unknown = sorted(set(body) - {"subscribe", "interval_s"})

@@ -295,3 +295,28 @@ def test_flightsql_parameter_types_follow_the_compared_columns(server: ServerHan
     with conn.cursor() as cur:  # typed values bind as they are
         cur.execute(query, (200, 301, 0, 2**40, "%example%", dt.datetime(1990, 1, 1), "TEXT/HTML"))
         assert cur.fetch_arrow_table().num_rows > 0
+
+
+@pytest.mark.parametrize(
+    ("handle", "reason"),
+    [
+        (b'{"prepared": "not-hex!", "query_id": "q1"}', "malformed statement ticket"),
+        (b'{"prepared": 12, "query_id": "q1"}', "malformed statement ticket"),
+        (b'{"command": {"sql": "SELECT 1"}}', "malformed statement ticket"),
+        (b'["query_id"]', "malformed statement ticket"),
+        (b'{"query_id": "q1", "command": ' + b"[" * 4000 + b"]" * 4000 + b"}", "deeper than 32 levels"),
+        (b"\xff{", "the statement ticket must be JSON"),
+    ],
+)
+def test_flightsql_malformed_statement_ticket_is_invalid_argument(
+    server: ServerHandle, handle: bytes, reason: str
+) -> None:
+    ticket = flight.Ticket(_pack(sql.TicketStatementQuery(statement_handle=handle)))
+    with pytest.raises(pa.ArrowInvalid, match=reason):
+        server.client.do_get(ticket).read_all()
+    endpoints = [flight.FlightEndpoint(ticket, [])]
+    info = flight.FlightInfo(pa.schema([]), descriptor(sql.CommandStatementQuery(query="x")), endpoints, -1, -1)
+    body = cancel_pb.CancelFlightInfoRequest(info=info.serialize()).SerializeToString()
+    [raw] = action(server.client, "CancelFlightInfo", body)  # not a query of this caller: nothing to cancel
+    assert cancel_pb.CancelFlightInfoResult.FromString(raw).status == cancel_pb.CANCEL_STATUS_NOT_CANCELLABLE
+    assert server.get({"sql": "SELECT 7 AS x"}).to_pylist() == [{"x": 7}]

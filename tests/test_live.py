@@ -74,6 +74,7 @@ def test_live_stops_when_the_client_process_goes_away(server: ServerHandle) -> N
     ("body", "message"),
     [
         (b"not json", "must be JSON"),
+        (b'{"subscribe": ' + b"[" * 3000 + b"]" * 3000 + b"}", "deeper than 32 levels"),
         ([1, 2], "must be a subscription"),
         ({"interval_s": 1}, "must be a subscription"),
         ({"subscribe": "system.nothing"}, "unknown subscription"),

@@ -156,48 +156,77 @@ def test_server_syntax_error_gives_engine_message_line(server: ServerHandle) -> 
     _assert_serving(server)
 
 
+def _nested(depth: int) -> bytes:
+    return b"[" * depth + b"]" * depth
+
+
 @pytest.mark.parametrize(
-    "raw",
+    ("raw", "reason"),
     [
-        b"{not json",
-        b"[1,2]",
-        b'{"query": 1}',
-        b'{"sql": "select 1", "query": "x"}',
-        b'{"sql": "select 1", "cache": "maybe"}',
-        b"\xff\xfe",
+        (b"{not json", "must be JSON"),
+        (b"[1,2]", "must be a JSON object"),
+        (b'{"query": 1}', "'query' must be a non-empty string"),
+        (b'{"sql": "select 1", "query": "x"}', "exactly one of 'query'"),
+        (b'{"sql": "select 1", "cache": "maybe"}', "'cache' must be one of"),
+        (b"\xff\xfe", "must be JSON"),
+        # deeper than the JSON decoder's own recursion, and deep but decodable
+        (b'{"sql": "SELECT 1", "params": [' + _nested(5000) + b"]}", "deeper than 32 levels"),
+        (b'{"sql": "SELECT 1", "params": [' + _nested(200) + b"]}", "deeper than 32 levels"),
+        (b'{"sql": "SELECT 1", "max_staleness_s": NaN}', "'max_staleness_s' must be a finite"),
+        (b'{"sql": "SELECT 1", "max_staleness_s": -Infinity}', "'max_staleness_s' must be a finite"),
     ],
 )
-def test_server_malformed_ticket_is_invalid_argument(server: ServerHandle, raw: bytes) -> None:
-    with pytest.raises(pa.ArrowInvalid):
+def test_server_malformed_ticket_is_invalid_argument(server: ServerHandle, raw: bytes, reason: str) -> None:
+    with pytest.raises(pa.ArrowInvalid, match=reason):
         server.client.do_get(flight.Ticket(raw)).read_all()
-    with pytest.raises(pa.ArrowInvalid):
+    with pytest.raises(pa.ArrowInvalid, match=reason):
         server.client.get_flight_info(flight.FlightDescriptor.for_command(raw))
     _assert_serving(server)
 
 
 @pytest.mark.parametrize(
-    "sql",
+    ("name", "body", "reason"),
     [
-        "INSERT INTO cdx_records (id) VALUES ('x')",
-        "CREATE TABLE evil AS SELECT 1",
-        "DROP TABLE cdx_records",
-        "SELECT * FROM read_csv('/etc/passwd')",
-        "SELECT * FROM '/etc/passwd'",
-        "COPY (SELECT 1) TO '{tmp}/x.csv'",
-        "ATTACH '{tmp}/x.db'",
-        "INSTALL httpfs",
-        "LOAD httpfs",
-        "SET threads=1",
-        "SELECT 1; SELECT 2",
-        "PRAGMA version",
-        "SELECT * FROM glob('{tmp}/*')",
-        "SELECT getenv('HOME')",
-        "SELECT * FROM duckdb_settings()",
-        "SELECT * FROM information_schema.tables",
+        ("explain", b'{"sql": "SELECT 1", "params": [' + _nested(5000) + b"]}", "a command nests"),
+        ("cache.invalidate", b'{"tables": ' + _nested(3000) + b"}", "the action body nests"),
+        ("query.cancel", b'{"query_id": ' + _nested(100) + b"}", "the action body nests"),
+        ("cache.invalidate", b"{oops", "the action body must be JSON"),
     ],
 )
-def test_server_rejects_writes_and_external_access(server: ServerHandle, tmp_path: Path, sql: str) -> None:
-    with pytest.raises(pa.ArrowInvalid):
+def test_server_malformed_action_body_is_invalid_argument(
+    server: ServerHandle, name: str, body: bytes, reason: str
+) -> None:
+    with pytest.raises(pa.ArrowInvalid, match=reason):
+        list(server.client.do_action(flight.Action(name, body)))
+    _assert_serving(server)
+
+
+_READ_ONLY = r"only read-only queries .* are allowed; got "
+
+
+@pytest.mark.parametrize(
+    ("sql", "reason"),
+    [
+        ("INSERT INTO cdx_records (id) VALUES ('x')", _READ_ONLY + "INSERT"),
+        ("CREATE TABLE evil AS SELECT 1", _READ_ONLY + "CREATE"),
+        ("DROP TABLE cdx_records", _READ_ONLY + "DROP"),
+        ("SELECT * FROM read_csv('/etc/passwd')", r"function read_csv\(\) is not allowed"),
+        ("SELECT * FROM '/etc/passwd'", "unknown table"),
+        ("COPY (SELECT 1) TO '{tmp}/x.csv'", _READ_ONLY + "COPY"),
+        ("ATTACH '{tmp}/x.db'", _READ_ONLY + "ATTACH"),
+        ("INSTALL httpfs", _READ_ONLY + "INSTALL"),
+        ("LOAD httpfs", _READ_ONLY),
+        ("SET threads=1", _READ_ONLY + "SET"),
+        ("SELECT 1; SELECT 2", "exactly one SQL statement"),
+        ("PRAGMA version", _READ_ONLY + "PRAGMA"),
+        ("SELECT * FROM glob('{tmp}/*')", r"function glob\(\) is not allowed"),
+        ("SELECT getenv('HOME')", r"function getenv\(\) is not allowed"),
+        ("SELECT * FROM duckdb_settings()", r"table function duckdb_settings\(\) is not allowed"),
+        ("SELECT * FROM information_schema.tables", "information_schema.tables is not in any engine"),
+    ],
+)
+def test_server_rejects_writes_and_external_access(server: ServerHandle, tmp_path: Path, sql: str, reason: str) -> None:
+    with pytest.raises(pa.ArrowInvalid, match=reason):
         server.get({"sql": sql.format(tmp=tmp_path)})
     assert list(tmp_path.iterdir()) == []
     assert server.get({"sql": "SELECT count(*) AS n FROM cdx_records"}).column("n")[0].as_py() == 200_000
@@ -240,10 +269,8 @@ def short_deadline_server(tmp_path: Path) -> ServerHandle:
 
 
 def test_server_query_past_deadline_is_timed_out(short_deadline_server: ServerHandle) -> None:
-    started = time.monotonic()
     with pytest.raises(flight.FlightTimedOutError, match="deadline"):
         short_deadline_server.get({"sql": "SELECT count(*) FROM range(1000000000000) a"})
-    assert time.monotonic() - started < 30
     assert short_deadline_server.get({"sql": "SELECT 1 AS one"}).num_rows == 1
     assert short_deadline_server.action("health")["active_queries"] == []
 
