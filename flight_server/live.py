@@ -146,7 +146,7 @@ class LiveMetrics:
         app = self._app
         elapsed = max(now[0] - last[0], 1e-9)
         sample = app.resources.latest
-        cpu = process.cpu_percent(None) / 100.0 / (psutil.cpu_count() or 1)  # since the last row
+        cpu = min(process.cpu_percent(None) / 100.0 / (psutil.cpu_count() or 1), 1.0)  # since the last row
         try:
             duckdb_memory: int | None = int(app.duckdb.health()["memory_bytes"])
         except Exception:  # closing or busy: unknown this time
@@ -156,7 +156,8 @@ class LiveMetrics:
             "timestamp": dt.datetime.now(dt.UTC),
             "uptime_s": app.uptime_s(),
             "status": app.lifecycle.state,
-            "cpu_ratio": cpu if elapsed >= MIN_INTERVAL_S / 2 or sample is None else sample.cpu_ratio,
+            # the first row comes right after priming: too soon to measure, the monitor's figure
+            "cpu_ratio": cpu if elapsed >= MIN_INTERVAL_S / 2 else sample.cpu_ratio if sample else None,
             "system_cpu_ratio": sample.system_cpu_ratio if sample else None,
             "system_memory_ratio": psutil.virtual_memory().percent / 100.0,
             "rss_bytes": process.memory_info().rss,
