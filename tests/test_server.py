@@ -62,6 +62,55 @@ def test_server_streams_many_batches(server: ServerHandle) -> None:
     assert sum(b.num_rows for b in batches) == 200_000
 
 
+def _messages(reader: flight.FlightStreamReader) -> tuple[list[tuple[int, pa.RecordBatch]], dict[str, object]]:
+    """Each message as received: its size (IPC header and body, plus app_metadata) and batch; the metadata."""
+    messages, metadata = [], {}
+    for chunk in reader:
+        extra = 0
+        if chunk.app_metadata is not None:
+            extra = chunk.app_metadata.size
+            metadata = json.loads(chunk.app_metadata.to_pybytes())
+        messages.append((pa.ipc.get_record_batch_size(chunk.data) + extra, chunk.data))
+    return messages, metadata
+
+
+def test_server_no_message_exceeds_the_bound_fresh_cached_streamed_or_dataset(server: ServerHandle) -> None:
+    # the engine's batches of this table are 122,880 rows, about 18 MB each
+    bound = server.app.settings.max_message_bytes
+    assert bound <= 4 * 1024 * 1024
+    everything = {"sql": "SELECT * FROM cdx_records"}
+    results = {}
+    for label, command, cache in (
+        ("fresh", {**everything, "cache": "refresh"}, "miss"),
+        ("cache hit", everything, "hit-l1"),
+        ("live reader", {**everything, "cache": "bypass"}, "bypass"),
+        ("dataset", {"dataset": "cdx_records", "cache": "refresh"}, "miss"),
+    ):
+        messages, metadata = _messages(server.client.do_get(flight.Ticket(json.dumps(command).encode())))
+        assert metadata["cache"] == cache, label
+        largest = max(size for size, _ in messages)
+        assert largest <= bound, f"{label}: a message of {largest:,} bytes"
+        results[label] = pa.Table.from_batches([batch for _, batch in messages])
+        assert len(messages) > 2 and results[label].num_rows == 200_000, label
+    assert results["cache hit"].equals(results["fresh"])
+    assert results["live reader"].sort_by("id").equals(results["fresh"].sort_by("id"))
+
+
+def test_server_a_row_larger_than_the_bound_travels_alone(tmp_path: Path) -> None:
+    bound = 64 * 1024
+    handle = start_server(tmp_path, max_message_bytes=bound)
+    try:
+        sql = "SELECT i, CASE WHEN i = 5000 THEN repeat('x', 300000) ELSE 'y' END AS s FROM range(20000) t(i)"
+        messages, _ = _messages(handle.client.do_get(flight.Ticket(json.dumps({"sql": sql}).encode())))
+        table = pa.Table.from_batches([batch for _, batch in messages])
+        assert table.column("i").to_pylist() == list(range(20_000))
+        over = [batch for size, batch in messages if size > bound]
+        assert [batch.to_pylist()[0]["i"] for batch in over] == [5000]  # the wide row, alone in its message
+        assert over[0].num_rows == 1 and len(messages) > 3
+    finally:
+        stop_server(handle)
+
+
 def test_server_empty_result_keeps_schema(server: ServerHandle) -> None:
     table = server.get({"sql": "SELECT id, unix_timestamp FROM cdx_records WHERE false"})
     assert table.num_rows == 0
@@ -273,6 +322,16 @@ def test_server_query_past_deadline_is_timed_out(short_deadline_server: ServerHa
         short_deadline_server.get({"sql": "SELECT count(*) FROM range(1000000000000) a"})
     assert short_deadline_server.get({"sql": "SELECT 1 AS one"}).num_rows == 1
     assert short_deadline_server.action("health")["active_queries"] == []
+
+
+def test_server_deadline_while_streaming_is_timed_out(short_deadline_server: ServerHandle) -> None:
+    # batches flow at once; the deadline fires while the result is streaming
+    command = {"sql": "SELECT * FROM range(100000000000) a", "cache": "bypass"}
+    reader = short_deadline_server.client.do_get(flight.Ticket(json.dumps(command).encode()))
+    assert reader.read_chunk().data.num_rows > 0
+    with pytest.raises(flight.FlightTimedOutError, match="exceeded its deadline"):
+        reader.read_all()
+    assert short_deadline_server.get({"sql": "SELECT 1 AS one"}).num_rows == 1
 
 
 def test_server_client_cancel_stops_the_work(short_deadline_server: ServerHandle) -> None:
