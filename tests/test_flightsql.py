@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -16,6 +17,7 @@ import pyarrow.flight as flight
 import pytest
 
 from flight_server.flightsql import flight_cancel_pb2 as cancel_pb
+from flight_server.flightsql import flight_session_pb2 as session_pb
 from flight_server.flightsql import flight_sql_pb2 as sql
 
 from conftest import ServerHandle
@@ -336,3 +338,21 @@ def test_flightsql_adbc_go_driver_reads_a_table_larger_than_its_message_limit(co
     info = server.client.get_flight_info(descriptor(sql.CommandStatementQuery(query="SELECT * FROM cdx_records")))
     sizes = [pa.ipc.get_record_batch_size(chunk.data) for chunk in server.client.do_get(info.endpoints[0].ticket)]
     assert len(sizes) > 2 and max(sizes) <= server.app.settings.max_message_bytes
+
+
+def test_flightsql_driver_disconnect_closes_its_session_as_a_supported_action(
+    server: ServerHandle, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="flight_server.server")
+    with connect(server) as connection, connection.cursor() as cur:  # the driver sends CloseSession on close
+        cur.execute("SELECT 1 AS one")
+        assert cur.fetchall() == [(1,)]
+
+    def closes() -> list[dict[str, Any]]:
+        fields = [getattr(record, "fields", {}) for record in caplog.records]
+        return [f for f in fields if f.get("route") == "CloseSession"]
+
+    assert [f["status"] for f in wait_for(closes, 30, "the driver's CloseSession never arrived")] == ["ok"]
+    [raw] = action(server.client, "CloseSession", b"")
+    assert session_pb.CloseSessionResult.FromString(raw).status == session_pb.CloseSessionResult.CLOSED
+    assert "CloseSession" in {a.type for a in server.client.list_actions()}
