@@ -4,17 +4,17 @@
 
     with ChronoFlightClient.connect("grpc://127.0.0.1:8815") as client:
         top = client.query("domains.top", limit=10)                     # pa.Table
-        fresh = client.query("domains.top", Options(cache="bypass"), limit=10)
-        n = client.sql("SELECT count(*) FROM cdx_records WHERE domain = $1", "example.com")
+        fresh = client.query("domains.top", cache="bypass", limit=10)
+        n = client.sql("SELECT count(*) FROM cdx_records WHERE domain = $1", "example.com", cache="bypass")
         for batch in client.stream_sql("SELECT * FROM cdx_records"):  # pa.RecordBatch
             ...
 
-Named-query parameters are keyword arguments, so per-call options (`engine`, `cache`,
-`max_staleness_s`) travel in an `Options` value passed *positionally* right after the
-query name: any parameter name, even `engine` or `options`, stays free for the query.
-For raw SQL the parameters are positional ($1, $2, ...), so the options are plain
-keyword-only arguments there. Every server error is raised as a `ChronoFlightError`
-subclass with `.status` and a clean one-line `.message`; the pyarrow error is its cause.
+Per-call options (`engine`, `cache`, `max_staleness_s`) are keyword arguments of every
+call, named and raw SQL alike. Named-query parameters are the other keyword arguments:
+the option names are reserved (the server's catalogue refuses parameters named so).
+An `Options` value passed positionally right after the query name works too. Every
+server error is raised as a `ChronoFlightError` subclass with `.status` and a clean
+one-line `.message`; the pyarrow error is its cause.
 """
 
 from __future__ import annotations
@@ -154,10 +154,28 @@ class Options:
     max_staleness_s: float | None = None
 
     def apply(self, command: dict[str, Any]) -> dict[str, Any]:
-        for key in ("engine", "cache", "max_staleness_s"):
+        for key in OPTION_NAMES:
             if getattr(self, key) is not None:
                 command[key] = getattr(self, key)
         return command
+
+    def merged(
+        self, engine: Engine | None = None, cache: CacheMode | None = None, max_staleness_s: float | None = None
+    ) -> Options:
+        """These options with the ones given as keywords; the same option twice must agree."""
+        given = {"engine": engine, "cache": cache, "max_staleness_s": max_staleness_s}
+        for key, value in given.items():
+            mine = getattr(self, key)
+            if mine is not None and value is not None and mine != value:
+                raise InvalidArgument(f"option '{key}' given twice ({mine!r} in Options, {value!r} as a keyword)")
+        return Options(
+            engine if engine is not None else self.engine,
+            cache if cache is not None else self.cache,
+            max_staleness_s if max_staleness_s is not None else self.max_staleness_s,
+        )
+
+
+OPTION_NAMES = ("engine", "cache", "max_staleness_s")  # never names of named-query parameters
 
 
 def sql_command(query: str, *params: Any, options: Options | None = None) -> dict[str, Any]:
@@ -168,12 +186,21 @@ def sql_command(query: str, *params: Any, options: Options | None = None) -> dic
     return (options or Options()).apply(command)
 
 
-def query_command(name: str, options: Options | None = None, /, **params: Any) -> dict[str, Any]:
-    """The JSON command for a named query, e.g. `query_command("domains.top", limit=5)`."""
+def query_command(
+    name: str,
+    options: Options | None = None,
+    /,
+    *,
+    engine: Engine | None = None,
+    cache: CacheMode | None = None,
+    max_staleness_s: float | None = None,
+    **params: Any,
+) -> dict[str, Any]:
+    """The JSON command for a named query, e.g. `query_command("domains.top", cache="bypass", limit=5)`."""
     command: dict[str, Any] = {"query": name}
     if params:
         command["params"] = params
-    return (options or Options()).apply(command)
+    return (options or Options()).merged(engine, cache, max_staleness_s).apply(command)
 
 
 def _encode(command: Mapping[str, Any]) -> bytes:
@@ -349,13 +376,35 @@ class ChronoFlightClient:
         """Like `sql`, as an iterator of record batches read as they arrive."""
         return self.stream(sql_command(query, *params, options=Options(engine, cache, max_staleness_s)))
 
-    def query(self, name: str, options: Options | None = None, /, **params: Any) -> pa.Table:
-        """A named query: `query("domains.top", limit=5)`; options go positionally."""
-        return self.fetch(query_command(name, options, **params))
+    def query(
+        self,
+        name: str,
+        options: Options | None = None,
+        /,
+        *,
+        engine: Engine | None = None,
+        cache: CacheMode | None = None,
+        max_staleness_s: float | None = None,
+        **params: Any,
+    ) -> pa.Table:
+        """A named query: `query("domains.top", limit=5, cache="bypass")`; options as for `sql`."""
+        command = query_command(name, options, engine=engine, cache=cache, max_staleness_s=max_staleness_s, **params)
+        return self.fetch(command)
 
-    def stream_query(self, name: str, options: Options | None = None, /, **params: Any) -> BatchStream:
+    def stream_query(
+        self,
+        name: str,
+        options: Options | None = None,
+        /,
+        *,
+        engine: Engine | None = None,
+        cache: CacheMode | None = None,
+        max_staleness_s: float | None = None,
+        **params: Any,
+    ) -> BatchStream:
         """Like `query`, as an iterator of record batches read as they arrive."""
-        return self.stream(query_command(name, options, **params))
+        command = query_command(name, options, engine=engine, cache=cache, max_staleness_s=max_staleness_s, **params)
+        return self.stream(command)
 
     # -- planning and metadata
 
