@@ -241,6 +241,7 @@ class BatchStream(Iterator[pa.RecordBatch]):
         with _mapped_errors():
             self.schema: pa.Schema = reader.schema  # waits for the first message: errors surface now
         self.metadata: dict[str, Any] = {}
+        self.truncated = False  # read_all(max_rows) stopped before the end: there may be more rows
 
     def __next__(self) -> pa.RecordBatch:
         while not self._done:
@@ -260,9 +261,28 @@ class BatchStream(Iterator[pa.RecordBatch]):
                 return cast(pa.RecordBatch, chunk.data)
         raise StopIteration
 
-    def read_all(self) -> pa.Table:
-        """The rest of the stream as one table."""
-        return pa.Table.from_batches(list(self), schema=self.schema)
+    def read_all(self, max_rows: int | None = None) -> pa.Table:
+        """The rest of the stream as one table; with `max_rows`, at most that many rows.
+
+        With `max_rows` the stream is read only until that many rows have arrived, then
+        closed, which cancels the server's side: the rest is never computed or sent.
+        `truncated` then says whether the stream was stopped before its end.
+        """
+        if max_rows is None:
+            return pa.Table.from_batches(list(self), schema=self.schema)
+        if max_rows < 0:
+            raise InvalidArgument("max_rows must be 0 or more")
+        batches: list[pa.RecordBatch] = []
+        rows = 0
+        while rows < max_rows:
+            batch = next(self, None)
+            if batch is None:
+                break
+            batches.append(batch)
+            rows += batch.num_rows
+        self.truncated = not self._done
+        self.close()
+        return pa.Table.from_batches(batches, schema=self.schema).slice(0, max_rows)
 
     def close(self) -> None:
         """Stop reading; cancels the server side if the stream is not finished."""
@@ -349,10 +369,10 @@ class ChronoFlightClient:
         reader = self._call(lambda: self._client.do_get(ticket, options=self._options))
         return BatchStream(reader, self._set_metadata)
 
-    def fetch(self, command: Mapping[str, Any]) -> pa.Table:
-        """Run any JSON command and return the whole result as a table."""
+    def fetch(self, command: Mapping[str, Any], *, max_rows: int | None = None) -> pa.Table:
+        """Run any JSON command and return the result as a table (its first `max_rows` rows)."""
         with self.stream(command) as batches:
-            return batches.read_all()
+            return batches.read_all(max_rows)
 
     def sql(
         self,
