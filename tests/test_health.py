@@ -46,10 +46,7 @@ class HealthClient:
             return exc.code()
 
     def wait_for(self, service: str, status: Any, timeout_s: float = 20.0) -> None:
-        deadline = time.monotonic() + timeout_s
-        while (seen := self.check(service)) != status:
-            assert time.monotonic() < deadline, f"{service!r} stayed {seen}, expected {status}"
-            time.sleep(0.1)
+        wait_for(lambda: self.check(service) == status, timeout_s, f"{service!r} never became {status}")
 
     def watch(self, service: str) -> tuple[list[int], Any]:
         """Statuses as Watch delivers them (filled by a thread), and the call to cancel."""
@@ -71,10 +68,7 @@ class HealthClient:
 
 
 def _wait(predicate: Any, timeout_s: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.05)
+    wait_for(predicate, timeout_s, "condition not reached in time")
 
 
 @pytest.fixture

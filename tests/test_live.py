@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 from typing import Any
 
 import pyarrow as pa
@@ -15,6 +14,7 @@ import pytest
 from flight_server.live import SCHEMA
 
 from conftest import ServerHandle
+from support import wait_for
 
 
 def _subscribe(server: ServerHandle, body: Any) -> tuple[Any, Any]:
@@ -22,11 +22,8 @@ def _subscribe(server: ServerHandle, body: Any) -> tuple[Any, Any]:
     return server.client.do_exchange(flight.FlightDescriptor.for_command(raw))
 
 
-def _wait_no_subscribers(server: ServerHandle, timeout_s: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while server.app.live.subscribers:
-        assert time.monotonic() < deadline, "the live stream did not stop"
-        time.sleep(0.05)
+def _wait_no_subscribers(server: ServerHandle, timeout_s: float = 30.0) -> None:
+    wait_for(lambda: not server.app.live.subscribers, timeout_s, "the live stream did not stop")
 
 
 def test_live_streams_a_batch_every_interval_until_cancelled(server: ServerHandle) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -14,6 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import ServerHandle, start_server, stop_server
+from support import wait_for
 
 
 def _descriptor(command: dict[str, object]) -> flight.FlightDescriptor:
@@ -341,11 +341,7 @@ def test_server_client_cancel_stops_the_work(short_deadline_server: ServerHandle
     reader.read_chunk()
     assert len(handle.action("health")["active_queries"]) == 1
     reader.cancel()
-    for _ in range(50):
-        if not handle.action("health")["active_queries"]:
-            break
-        time.sleep(0.05)
-    assert handle.action("health")["active_queries"] == []
+    wait_for(lambda: not handle.action("health")["active_queries"], 30, "the cancelled query kept running")
     assert handle.get({"sql": "SELECT 1 AS one"}).num_rows == 1
 
 
@@ -364,11 +360,7 @@ def test_server_cancel_action_interrupts_a_running_query(tmp_path: Path) -> None
 
         worker = threading.Thread(target=run)
         worker.start()
-        for _ in range(100):
-            active = handle.action("health")["active_queries"]
-            if active:
-                break
-            time.sleep(0.05)
+        active = wait_for(lambda: handle.action("health")["active_queries"], 30, "the query never started")
         assert handle.action("query.cancel", {"query_id": active[0]["query_id"]})["cancelled"]
         worker.join(timeout=30)
         assert errors and isinstance(errors[0], flight.FlightCancelledError)
