@@ -356,10 +356,6 @@ class _Budget:
             return cls(None, None)
         return cls(settings.limits.max_result_rows, settings.limits.max_result_bytes)
 
-    @property
-    def unlimited(self) -> bool:
-        return self.rows is None
-
     def spend(self, batch: pa.RecordBatch) -> None:
         if self.rows is None or self.nbytes is None:
             return
