@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from flight_server.app import App
-from flight_server.commands import parse_command
+from flight_server.commands import load_json, parse_command
 from flight_server.context import RequestContext
 from flight_server.errors import InvalidArgument, NotFound, Unavailable
 from flight_server.sync.service import SyncService
@@ -25,10 +24,7 @@ class ActionSpec:
 def _json_body(body: bytes) -> dict[str, Any]:
     if not body:
         return {}
-    try:
-        value = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InvalidArgument(f"action body must be a JSON object: {exc}") from None
+    value = load_json(body, "the action body")
     if not isinstance(value, dict):
         raise InvalidArgument("action body must be a JSON object")
     return value

@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,8 +22,11 @@ class _Entry:
 class MemoryCache:
     """Thread-safe LRU of Arrow tables; a hit hands out the table itself (no copy)."""
 
-    def __init__(self, max_entries: int, max_bytes: int, ttl_s: float) -> None:
+    def __init__(
+        self, max_entries: int, max_bytes: int, ttl_s: float, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.max_entries = max_entries
+        self._clock = clock  # monotonic seconds; entries expire by it
         self.max_bytes = max_bytes
         self.ttl_s = ttl_s
         self._entries: OrderedDict[str, _Entry] = OrderedDict()
@@ -40,7 +44,7 @@ class MemoryCache:
             entry = self._entries.get(key)
             if entry is None:
                 return None
-            if entry.expires <= time.monotonic():
+            if entry.expires <= self._clock():
                 self._drop(key)
                 self.expirations += 1
                 return None
@@ -50,7 +54,7 @@ class MemoryCache:
     def contains(self, key: str) -> bool:
         with self._lock:
             entry = self._entries.get(key)
-            return entry is not None and entry.expires > time.monotonic()
+            return entry is not None and entry.expires > self._clock()
 
     def put(self, key: str, table: pa.Table, ttl_s: float) -> bool:
         """Keep `table` for at most min(ttl_s, the L1 TTL); False when it cannot fit."""
@@ -61,7 +65,7 @@ class MemoryCache:
         with self._lock:
             if key in self._entries:
                 self._drop(key)
-            self._entries[key] = _Entry(table, nbytes, time.monotonic() + ttl)
+            self._entries[key] = _Entry(table, nbytes, self._clock() + ttl)
             self._bytes += nbytes
             while len(self._entries) > self.max_entries or self._bytes > self.max_bytes:
                 oldest = next(iter(self._entries))

@@ -25,6 +25,9 @@ from sqlglot.optimizer.qualify import qualify
 from flight_server.errors import InvalidArgument, NotFound
 
 ENGINES = ("duckdb", "postgres", "hybrid")
+# keys of a command beside its parameters: clients pass them as keyword arguments next
+# to a named query's parameters (chrono_flight_client), so no parameter may be named so
+RESERVED_PARAM_NAMES = ("engine", "cache", "max_staleness_s")
 
 
 def _to_bool(value: Any) -> bool:
@@ -205,6 +208,8 @@ def _parse_param(query: str, raw: dict[str, Any]) -> Parameter:
     ptype = raw.get("type")
     if not isinstance(name, str) or ptype not in PARAM_TYPES:
         raise ValueError(f"{query}: every parameter needs a name and a type in {sorted(PARAM_TYPES)}")
+    if name in RESERVED_PARAM_NAMES:
+        raise ValueError(f"{query}: parameter name '{name}' is reserved for command options; choose another")
     param = Parameter(
         name=name,
         type=ptype,

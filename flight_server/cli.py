@@ -249,13 +249,18 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="parameter of a named query (repeatable); for SQL, values for $1, $2, ...",
+        help="parameter of a named query or of SQL with $name placeholders (repeatable); "
+        "for SQL with $1, $2, ... the values alone",
     )
     query.add_argument("--format", choices=["table", "csv", "json", "parquet"], default="table")
     query.add_argument("--output", "-o", help="write to this file instead of standard output")
     query.add_argument("--url", help="server URL (default grpc://FLIGHT_HOST:FLIGHT_PORT)")
     query.add_argument("--token", help="bearer token, when the server requires one")
-    query.add_argument("--max-rows", type=int, default=50, help="rows shown in table format")
+    query.add_argument(
+        "--max-rows",
+        type=int,
+        help="read only the first N rows; the server stops after them (default: 50 in table format, else all)",
+    )
     query.set_defaults(func=cmd_query)
 
     ingest = sub.add_parser("ingest", help="push a Parquet, CSV or Arrow IPC file into a dataset (DoPut)")

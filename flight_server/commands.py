@@ -3,11 +3,17 @@
 A command is a JSON object: `{"query": name, "params": {...}}` for a named query or
 `{"sql": text, "params": [...]}` for raw SQL, with optional `engine`, `cache` and
 `max_staleness_s`. The same JSON is a valid DoGet ticket. Nothing is ever unpickled.
+
+Every JSON a client sends (commands, tickets, action bodies, subscriptions) is decoded
+by `load_json`: anything that is not JSON, or nests deeper than `MAX_JSON_DEPTH`
+arrays and objects, is INVALID_ARGUMENT before any other code looks at it, so no
+handler meets a structure deep enough to exhaust the interpreter's recursion.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,6 +23,7 @@ ENGINE_HINTS = ("auto", "duckdb", "postgres")
 CACHE_MODES = ("use", "bypass", "refresh")
 _KEYS = {"query", "sql", "params", "engine", "cache", "max_staleness_s", "dataset"}
 MAX_COMMAND_BYTES = 1 << 20
+MAX_JSON_DEPTH = 32  # arrays and objects inside one another; parameters need a few levels at most
 
 
 @dataclass(frozen=True)
@@ -46,14 +53,46 @@ class Command:
         return self.target if self.kind != "sql" else "sql"
 
 
+def load_json(raw: bytes | str, what: str) -> Any:
+    """The JSON value a client sent as `what`; INVALID_ARGUMENT when it is not JSON or too deep.
+
+    The depth is checked on the decoded value without recursion; a value so deep that
+    the decoder itself gives up (a RecursionError) is refused with the same message.
+    """
+    too_deep = f"{what} nests arrays and objects deeper than {MAX_JSON_DEPTH} levels; flatten it"
+    try:
+        value = json.loads(raw)
+    except RecursionError:
+        raise InvalidArgument(too_deep) from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InvalidArgument(f"{what} must be JSON: {exc}") from None
+    if _depth_exceeds(value, MAX_JSON_DEPTH):
+        raise InvalidArgument(too_deep)
+    return value
+
+
+def _depth_exceeds(value: Any, limit: int) -> bool:
+    """Whether arrays and objects nest more than `limit` levels in `value` (iteratively)."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, dict):
+            children: Any = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        if level > limit:
+            return True
+        stack.extend((child, level + 1) for child in children)
+    return False
+
+
 def parse_command(raw: bytes) -> Command:
     """Decode a descriptor command or ticket; INVALID_ARGUMENT for anything malformed."""
     if len(raw) > MAX_COMMAND_BYTES:
         raise InvalidArgument(f"command is larger than {MAX_COMMAND_BYTES} bytes")
-    try:
-        body = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InvalidArgument(f"command must be a JSON object: {exc}") from None
+    body = load_json(raw, "a command")
     if not isinstance(body, dict):
         raise InvalidArgument("command must be a JSON object with 'query' or 'sql'")
     unknown = sorted(set(body) - _KEYS)
@@ -81,9 +120,12 @@ def parse_command(raw: bytes) -> Command:
         raise InvalidArgument(f"'cache' must be one of {', '.join(CACHE_MODES)}")
     staleness = body.get("max_staleness_s")
     if staleness is not None and (
-        isinstance(staleness, bool) or not isinstance(staleness, int | float) or staleness < 0
+        isinstance(staleness, bool)
+        or not isinstance(staleness, int | float)
+        or not math.isfinite(staleness)
+        or staleness < 0
     ):
-        raise InvalidArgument("'max_staleness_s' must be a non-negative number")
+        raise InvalidArgument("'max_staleness_s' must be a finite, non-negative number of seconds")
     return Command(kind, target, params, engine, cache, staleness)
 
 

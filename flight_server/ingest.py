@@ -62,7 +62,7 @@ def _put_marker(metadata: pa.Buffer | None) -> dict[str, Any] | None:
         return None
     try:
         value = json.loads(metadata.to_pybytes())
-    except (UnicodeDecodeError, json.JSONDecodeError):
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):  # not JSON a marker could be
         return None
     return value if isinstance(value, dict) and "put" in value else None
 

@@ -9,7 +9,6 @@ its side of the stream, or goes away, or until the server drains.
 from __future__ import annotations
 
 import datetime as dt
-import json
 import logging
 import threading
 import time
@@ -20,6 +19,7 @@ import psutil
 import pyarrow as pa
 import pyarrow.flight as flight
 
+from flight_server.commands import load_json
 from flight_server.errors import InvalidArgument, ResourceExhausted
 
 if TYPE_CHECKING:
@@ -59,10 +59,7 @@ def parse_subscription(descriptor: flight.FlightDescriptor) -> float:
     example = '{"subscribe": "system.metrics", "interval_s": 1}'
     if descriptor.descriptor_type != flight.DescriptorType.CMD:
         raise InvalidArgument(f"DoExchange takes a JSON command such as {example}")
-    try:
-        body = json.loads(descriptor.command)
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        raise InvalidArgument(f"DoExchange command must be JSON, e.g. {example}") from None
+    body = load_json(descriptor.command, f"the DoExchange command (e.g. {example})")
     if not isinstance(body, dict) or "subscribe" not in body:
         raise InvalidArgument(f"DoExchange command must be a subscription, e.g. {example}")
     unknown = sorted(set(body) - {"subscribe", "interval_s"})
@@ -149,7 +146,7 @@ class LiveMetrics:
         app = self._app
         elapsed = max(now[0] - last[0], 1e-9)
         sample = app.resources.latest
-        cpu = process.cpu_percent(None) / 100.0 / (psutil.cpu_count() or 1)  # since the last row
+        cpu = min(process.cpu_percent(None) / 100.0 / (psutil.cpu_count() or 1), 1.0)  # since the last row
         try:
             duckdb_memory: int | None = int(app.duckdb.health()["memory_bytes"])
         except Exception:  # closing or busy: unknown this time
@@ -159,7 +156,8 @@ class LiveMetrics:
             "timestamp": dt.datetime.now(dt.UTC),
             "uptime_s": app.uptime_s(),
             "status": app.lifecycle.state,
-            "cpu_ratio": cpu if elapsed >= MIN_INTERVAL_S / 2 or sample is None else sample.cpu_ratio,
+            # the first row comes right after priming: too soon to measure, the monitor's figure
+            "cpu_ratio": cpu if elapsed >= MIN_INTERVAL_S / 2 else sample.cpu_ratio if sample else None,
             "system_cpu_ratio": sample.system_cpu_ratio if sample else None,
             "system_memory_ratio": psutil.virtual_memory().percent / 100.0,
             "rss_bytes": process.memory_info().rss,

@@ -190,7 +190,8 @@ class StateCollector(Collector):
             ("chrono_system_memory_ratio", "Memory used on the machine", sample.system_memory_ratio),
             ("chrono_data_disk_ratio", "Disk used on the data directory's file system", sample.disk_ratio),
         ):
-            yield GaugeMetricFamily(name, text, value=value)
+            # CPU is unknown (NaN: no alert fires on it) until its first measuring window has passed
+            yield GaugeMetricFamily(name, text, value=float("nan") if value is None else value)
         slope = monitor.memory_trend()["slope_bytes_per_s"]
         yield GaugeMetricFamily(
             "chrono_memory_rss_slope_bytes_per_second",

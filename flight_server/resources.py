@@ -3,6 +3,12 @@
 A `ResourceMonitor` samples every few seconds and keeps a short history of the process's
 resident memory (RSS), so that `health` can say whether memory is trending up (the
 least-squares slope over the history) and warn when any resource is over 80% used.
+
+CPU figures are shares of the time between two readings, and psutil counts CPU time
+in scheduler ticks: a reading over a few microseconds (the first sample, right after
+start-up) is either 0 or thousands of percent. `CpuMeter` therefore answers None
+(unknown) until `MIN_CPU_WINDOW_S` has passed since it was primed, and an unknown
+figure never raises a warning.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ HISTORY = 360  # samples of RSS kept: 30 minutes at the default 5 s
 TREND_MIN_SAMPLES = 12
 TREND_MIN_SPAN_S = 60.0
 TREND_GROWTH = 0.10  # memory "trends up" when the fitted line rose by this share over the history
+MIN_CPU_WINDOW_S = 0.5  # shortest time between two CPU readings that measures anything
 
 _UNITS = {"": 1, "k": 1000, "m": 1000**2, "g": 1000**3, "t": 1000**4}
 _SIZE = re.compile(r"^\s*([0-9.]+)\s*([kmgt]?)(i?)b?\s*$", re.IGNORECASE)
@@ -45,11 +52,41 @@ def parse_size(text: str) -> int | None:
 class Sample:
     at: float  # time.monotonic()
     rss_bytes: int
-    cpu_ratio: float  # of the process, as a share of all cores
-    system_cpu_ratio: float
+    cpu_ratio: float | None  # of the process, as a share of all cores; None until measurable
+    system_cpu_ratio: float | None
     system_memory_ratio: float
     disk_ratio: float  # of the data directory's file system
     duckdb_memory_bytes: int | None
+
+
+class CpuMeter:
+    """CPU use of this process (a share of all cores) and of the machine between readings.
+
+    `read` returns the figures over the time since the previous measuring read; until
+    `min_window_s` has passed since then it returns the previous figures (None before
+    the first), without restarting the window. Figures are clamped to [0, 1].
+    """
+
+    def __init__(self, min_window_s: float = MIN_CPU_WINDOW_S, clock: Callable[[], float] = time.monotonic) -> None:
+        self._min_window_s = min_window_s
+        self._clock = clock
+        self._process = psutil.Process()
+        self._cores = psutil.cpu_count() or 1
+        self._process.cpu_percent(None)  # the first calls only start the measurement
+        psutil.cpu_percent(None)
+        self._since = clock()
+        self._last: tuple[float | None, float | None] = (None, None)
+
+    def read(self) -> tuple[float | None, float | None]:
+        """(process, system) CPU ratios; None while nothing has been measured yet."""
+        now = self._clock()
+        if now - self._since < self._min_window_s:
+            return self._last
+        process = self._process.cpu_percent(None) / 100.0 / self._cores
+        system = psutil.cpu_percent(None) / 100.0
+        self._since = now
+        self._last = (min(max(process, 0.0), 1.0), min(max(system, 0.0), 1.0))
+        return self._last
 
 
 class ResourceMonitor:
@@ -67,9 +104,7 @@ class ResourceMonitor:
         self.duckdb_limit_bytes = parse_size(duckdb_limit)
         self._interval_s = interval_s
         self._process = psutil.Process()
-        self._process.cpu_percent(None)  # the first call only starts the measurement
-        psutil.cpu_percent(None)
-        self._cores = psutil.cpu_count() or 1
+        self.cpu = CpuMeter()
         self._lock = threading.Lock()
         self._rss: deque[tuple[float, int]] = deque(maxlen=HISTORY)
         self.latest: Sample | None = None
@@ -90,11 +125,12 @@ class ResourceMonitor:
             duckdb_memory = self._duckdb_memory()
         except Exception:  # the engine is closing or busy: report it as unknown
             duckdb_memory = None
+        cpu, system_cpu = self.cpu.read()
         sample = Sample(
             at=time.monotonic(),
             rss_bytes=self._process.memory_info().rss,
-            cpu_ratio=self._process.cpu_percent(None) / 100.0 / self._cores,
-            system_cpu_ratio=psutil.cpu_percent(None) / 100.0,
+            cpu_ratio=cpu,
+            system_cpu_ratio=system_cpu,
             system_memory_ratio=psutil.virtual_memory().percent / 100.0,
             disk_ratio=psutil.disk_usage(str(self._data_dir)).percent / 100.0,
             duckdb_memory_bytes=duckdb_memory,
@@ -165,8 +201,8 @@ class ResourceMonitor:
         sample = self.latest or self.sample()
         return {
             "rss_bytes": sample.rss_bytes,
-            "process_cpu_ratio": round(sample.cpu_ratio, 4),
-            "system_cpu_ratio": round(sample.system_cpu_ratio, 4),
+            "process_cpu_ratio": None if sample.cpu_ratio is None else round(sample.cpu_ratio, 4),
+            "system_cpu_ratio": None if sample.system_cpu_ratio is None else round(sample.system_cpu_ratio, 4),
             "system_memory_ratio": round(sample.system_memory_ratio, 4),
             "data_disk_ratio": round(sample.disk_ratio, 4),
             "duckdb_memory_bytes": sample.duckdb_memory_bytes,

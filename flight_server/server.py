@@ -17,8 +17,10 @@ import pyarrow.flight as flight
 
 from flight_server.actions import ACTIONS
 from flight_server.app import App
+from flight_server.batching import bounded_batches, bounded_table
 from flight_server.commands import Command, dataset_command, parse_command
 from flight_server.context import Caller, RequestContext
+from flight_server.engines.base import QueryResult
 from flight_server.errors import ChronoError, InvalidArgument, NotFound, ResourceExhausted, to_flight_error
 from flight_server.executor import OpenResult, Plan
 from flight_server.flightsql.actions import SQL_ACTIONS
@@ -179,7 +181,7 @@ class ChronoFlightServer(flight.FlightServerBase):  # type: ignore[misc]
             for batch in target.to_batches():
                 budget.spend(batch)
             self._log(ctx, sql_command.DESCRIPTOR.name, "ok", rows=target.num_rows, bytes=target.nbytes)
-            return flight.RecordBatchStream(target)
+            return flight.RecordBatchStream(bounded_table(target, self.app.settings.max_message_bytes))
 
         return self._rpc("DoGet", context, "get", handle)
 
@@ -203,35 +205,33 @@ class ChronoFlightServer(flight.FlightServerBase):  # type: ignore[misc]
         return flight.GeneratorStream(result.schema, self._stream(ctx, result))
 
     def _stream(self, ctx: RequestContext, result: OpenResult) -> Iterator[Any]:
-        """First batch with the metadata, then the rest straight from the C++ reader.
+        """First batch with the metadata, then the rest, every batch cut to the message bound.
 
-        Non-admin results are held to the row and byte limits: batches in hand are
-        counted here, and a stream that goes on past them is counted batch by batch.
+        Batches are cut by `bounded_batches` (zero-copy slices, flight_server.batching)
+        so that no message exceeds `FLIGHT_MAX_MESSAGE_BYTES`. Non-admin results are
+        held to the row and byte limits: batches in hand are counted here, and a stream
+        that goes on past them is counted batch by batch as it is read.
         """
         metadata = pa.py_buffer(_metadata_bytes(result.metadata()))
         status = "cancelled"
         budget = _Budget.for_caller(ctx.caller, self.app.settings)
-        # rows and bytes as far as Python sees them: all of a result in hand, but not
-        # the batches of a live reader handed to the C++ writer (admins, large results)
-        sent = {"rows": 0, "bytes": 0}
+        bound = self.app.settings.max_message_bytes
+        sent = {"rows": 0, "bytes": 0}  # as read from the result; what the client got when "ok"
         try:
             for batch in result.batches:
                 budget.spend(batch)
                 sent["rows"] += batch.num_rows
                 sent["bytes"] += batch.nbytes
-            head = result.batches[0] if result.batches else _empty_batch(result.schema)
-            yield head, metadata
-            if len(result.batches) > 1:
-                yield pa.Table.from_batches(result.batches[1:], schema=result.schema)
+            pieces = list(bounded_batches(result.batches, bound))
+            yield (pieces[0] if pieces else _empty_batch(result.schema)), metadata
+            if len(pieces) > 1:
+                yield pa.Table.from_batches(pieces[1:], schema=result.schema)
             if result.running is not None:
-                if budget.unlimited:
-                    yield result.running.reader
-                else:
-                    for batch in result.running.reader:
-                        budget.spend(batch)
-                        sent["rows"] += batch.num_rows
-                        sent["bytes"] += batch.nbytes
-                        yield batch
+                for batch in _read(result.running):
+                    budget.spend(batch)
+                    sent["rows"] += batch.num_rows
+                    sent["bytes"] += batch.nbytes
+                    yield pa.Table.from_batches(list(bounded_batches([batch], bound)), schema=result.schema)
             status = "ok"
         except ChronoError as exc:
             status = exc.status
@@ -387,10 +387,6 @@ class _Budget:
             return cls(None, None)
         return cls(settings.limits.max_result_rows, settings.limits.max_result_bytes)
 
-    @property
-    def unlimited(self) -> bool:
-        return self.rows is None
-
     def spend(self, batch: pa.RecordBatch) -> None:
         if self.rows is None or self.nbytes is None:
             return
@@ -398,6 +394,14 @@ class _Budget:
         self.nbytes -= batch.nbytes
         if self.rows < 0 or self.nbytes < 0:
             raise ResourceExhausted("result larger than your row or byte limit; narrow the query or add a LIMIT")
+
+
+def _read(running: QueryResult) -> Iterator[pa.RecordBatch]:
+    """The batches of a running query's reader, its failures as the engine words them."""
+    try:
+        yield from running.reader
+    except Exception as exc:
+        raise running.translate(exc) from None
 
 
 def _empty_batch(schema: pa.Schema) -> pa.RecordBatch:

@@ -228,6 +228,12 @@ class Settings(BaseSettings):
     drain_timeout_s: float = Field(
         30.0, ge=0, description="on SIGTERM/SIGINT, seconds calls in flight get to finish before they are cancelled"
     )
+    max_message_bytes: int = Field(
+        4 * 1024 * 1024,
+        ge=64 * 1024,
+        description="most bytes of one Flight message the server sends: result batches are cut (zero-copy) "
+        "to fit; only a single row larger than that travels alone in a bigger message",
+    )
     duckdb: DuckDBSettings = Field(default_factory=DuckDBSettings)  # type: ignore[arg-type]
     postgres: PostgresSettings = Field(default_factory=PostgresSettings)  # type: ignore[arg-type]
     cache: CacheSettings = Field(default_factory=CacheSettings)  # type: ignore[arg-type]

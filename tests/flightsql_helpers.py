@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
 from typing import Any
 
 import adbc_driver_flightsql.dbapi as flightsql
@@ -13,6 +11,9 @@ from google.protobuf.message import Message
 from flight_server.flightsql.protocol import pack
 
 from conftest import ServerHandle
+from support import wait_for
+
+__all__ = ["action", "connect", "descriptor", "wait_for"]
 
 
 def connect(handle: ServerHandle, **db_kwargs: str) -> Any:
@@ -28,12 +29,3 @@ def action(
     client: flight.FlightClient, name: str, body: bytes, options: flight.FlightCallOptions | None = None
 ) -> list[bytes]:
     return [r.body.to_pybytes() for r in client.do_action(flight.Action(name, body), options=options)]
-
-
-def wait_for(condition: Callable[[], bool], timeout_s: float = 60.0) -> None:
-    """Wait until `condition()` holds (a generous bound: a stuck test fails, a slow one does not)."""
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached")
-        time.sleep(0.02)

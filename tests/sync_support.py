@@ -8,16 +8,18 @@ import shutil
 import socket
 import subprocess
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import adbc_driver_postgresql.dbapi as pg
 import pyarrow as pa
 import pyarrow.flight as flight
 
+import support
 from conftest import ServerHandle
+
+T = TypeVar("T")
 
 
 def pg_exec(uri: str, *statements: str) -> list[tuple[Any, ...]]:
@@ -53,13 +55,9 @@ def get_with_metadata(handle: ServerHandle, command: dict[str, Any]) -> tuple[pa
     return pa.Table.from_batches([first.data, *reader.read_all().to_batches()]), metadata
 
 
-def wait_for(condition: Callable[[], bool], timeout_s: float = 30.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
+def wait_for(condition: Callable[[], T], timeout_s: float = 30.0, what: str = "condition") -> T:
+    """The shared `support.wait_for`, worded for what is awaited."""
+    return support.wait_for(condition, timeout_s, f"timed out waiting for {what}")
 
 
 def synced(handle: ServerHandle) -> dict[str, Any]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 import uuid
 from collections.abc import Iterator
 from decimal import Decimal
@@ -23,6 +22,7 @@ from flight_server.cache_redis import CorruptEntry, RedisStore, decode_table, en
 from flight_server.settings import CacheSettings, RedisSettings
 
 from conftest import ServerHandle, start_server, stop_server
+from support import wait_for
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 
@@ -190,10 +190,7 @@ def test_cache_warming_refills_top_queries_after_invalidation(tmp_path: Path) ->
         for _ in range(3):
             _metadata(handle, hot)
         handle.action("cache.invalidate", {"tables": ["cdx_records"]})
-        for _ in range(100):
-            if handle.action("cache.stats")["warming"]["warmed"] >= 1:
-                break
-            time.sleep(0.05)
+        wait_for(lambda: handle.action("cache.stats")["warming"]["warmed"] >= 1, 30, "nothing was warmed")
         assert _metadata(handle, hot)[1]["cache"] == "hit-l1"
     finally:
         stop_server(handle)
@@ -229,10 +226,11 @@ def test_cache_memory_lru_evicts_by_entries_and_bytes() -> None:
 
 
 def test_cache_memory_entries_expire() -> None:
-    cache = MemoryCache(max_entries=10, max_bytes=10**9, ttl_s=60)
+    now = [1000.0]
+    cache = MemoryCache(max_entries=10, max_bytes=10**9, ttl_s=60, clock=lambda: now[0])
     cache.put("k", pa.table({"x": [1]}), ttl_s=0.05)
     assert cache.get("k") is not None
-    time.sleep(0.1)
+    now[0] += 0.1
     assert cache.get("k") is None
 
 

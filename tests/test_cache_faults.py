@@ -25,6 +25,7 @@ import redis
 from flight_server.settings import CacheSettings, RedisSettings
 
 from conftest import ServerHandle, start_server, stop_server
+from support import wait_for
 
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 
@@ -62,13 +63,14 @@ class RedisProcess:
             stderr=subprocess.DEVNULL,
         )
         client = redis.Redis(port=self.port)
-        for _ in range(100):
+
+        def answers() -> bool:
             try:
-                client.ping()
-                return
+                return bool(client.ping())
             except redis.ConnectionError:
-                time.sleep(0.05)
-        raise RuntimeError("redis-server did not start")
+                return False
+
+        wait_for(answers, 30, "redis-server did not start")
 
     def stop(self) -> None:
         if self.proc is not None:
@@ -118,13 +120,8 @@ TOP = {"query": "domains.top", "params": {"limit": 5}}
 
 
 def _wait_for(handle: ServerHandle, expected: str, command: dict[str, Any] = TOP) -> str:
-    status = ""
-    for _ in range(60):
-        status = _status(handle, command)[1]
-        if status == expected:
-            break
-        time.sleep(0.1)
-    return status
+    wait_for(lambda: _status(handle, command)[1] == expected, 30, f"the cache status never became {expected}")
+    return expected
 
 
 def test_cache_faults_redis_down_then_back(cached_server: ServerHandle, private_redis: RedisProcess) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
 import re
 import signal
 import subprocess
@@ -12,11 +13,13 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import serve_env
+from conftest import ServerHandle, serve_env
+from support import wait_for
 
 BIN = Path(sys.executable).parent / "flight-server"
 
@@ -185,3 +188,58 @@ def test_cli_serve_refuses_public_bind_without_auth(tmp_path: Path) -> None:
     out = _cli("serve", env=_env(tmp_path, FLIGHT_HOST="0.0.0.0"), check=False)
     assert out.returncode != 0
     assert "without authentication" in out.stderr
+
+
+def test_cli_query_refuses_named_params_for_positional_sql(served: tuple[str, dict[str, str]]) -> None:
+    url, env = served
+    refused = _cli("query", "--url", url, "SELECT $1 AS d", "-p", "domain=x", env=env, check=False)
+    assert refused.returncode != 0
+    assert "'-p domain=x' names a parameter" in refused.stderr and "Traceback" not in refused.stderr
+    as_text = _cli("query", "--url", url, "SELECT $1 AS d", "-p", '"domain=x"', "--format", "json", env=env)
+    assert json.loads(as_text.stdout) == [{"d": "domain=x"}]
+    not_a_name = _cli("query", "--url", url, "SELECT $1 AS d", "-p", "https://x.test/?a=b", "--format", "json", env=env)
+    assert json.loads(not_a_name.stdout) == [{"d": "https://x.test/?a=b"}]
+    named = _cli("query", "--url", url, "SELECT $domain AS d, $n + 1 AS n", "-p", "domain=x", "-p", "n=41",
+                 "--format", "json", env=env)  # fmt: skip
+    assert json.loads(named.stdout) == [{"d": "x", "n": 42}]
+
+
+def test_cli_query_csv_writes_nested_and_json_columns_as_json_text(served: tuple[str, dict[str, str]]) -> None:
+    url, env = served
+    sql = """SELECT [1, 2] AS l, {'a': 1, 'b': 'x'} AS s, MAP {'k': 1} AS m, '{"k": [1]}'::JSON AS j, 7 AS n"""
+    out = _cli("query", "--url", url, sql, "--format", "csv", env=env)
+    [row] = list(csv.DictReader(io.StringIO(out.stdout)))
+    assert json.loads(row["l"]) == [1, 2]
+    assert json.loads(row["s"]) == {"a": 1, "b": "x"}
+    assert json.loads(row["m"]) == [["k", 1]]
+    assert json.loads(row["j"]) == {"k": [1]}
+    assert row["n"] == "7"
+
+
+def test_cli_query_csv_of_postgres_jsonb(hybrid_server: ServerHandle) -> None:
+    env = _env(hybrid_server.data_dir)
+    sql = "SELECT id, details FROM audit_logs ORDER BY id LIMIT 3"
+    out = _cli("query", "--url", hybrid_server.location, sql, "--format", "csv", env=env)
+    rows = list(csv.DictReader(io.StringIO(out.stdout)))
+    assert len(rows) == 3
+    expected = hybrid_server.get({"sql": sql, "engine": "postgres"}).column("details").to_pylist()
+    assert [json.loads(r["details"]) for r in rows] == [json.loads(v) for v in expected]
+
+
+def test_cli_query_max_rows_stops_the_server_after_them(server: ServerHandle, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="flight_server.server")
+    env = _env(server.data_dir)
+    sql = "SELECT * FROM cdx_records, range(10) t(k)"  # 2,000,000 rows, too large to cache: it streams
+    out = _cli("query", "--url", server.location, sql, "--max-rows", "5", "--format", "csv", env=env)
+    assert len(list(csv.DictReader(io.StringIO(out.stdout)))) == 5
+    assert "stopped at --max-rows 5" in out.stderr
+
+    def streamed() -> list[dict[str, Any]]:
+        fields = [getattr(record, "fields", {}) for record in caplog.records]
+        return [f for f in fields if f.get("rpc") == "DoGet" and "rows" in f]
+
+    [request] = wait_for(streamed, 60, "the server never finished the DoGet")
+    assert request["status"] == "cancelled"  # the client went away: not all rows were sent
+    assert request["rows"] < 2_000_000
+    table = _cli("query", "--url", server.location, "SELECT * FROM cdx_records", env=env)
+    assert "50 rows; stopped at --max-rows" in table.stdout

@@ -89,6 +89,37 @@ def test_client_query_options_go_positionally_and_reach_the_server(client: Chron
     assert client.last_metadata["cache"] in ("miss", "bypass")
 
 
+def test_client_query_takes_the_options_as_keywords_like_sql(client: ChronoFlightClient) -> None:
+    assert query_command("domains.top", cache="bypass", engine="duckdb", limit=2) == {
+        "query": "domains.top",
+        "params": {"limit": 2},
+        "engine": "duckdb",
+        "cache": "bypass",
+    }
+    client.query("domains.top", limit=2)  # cached now
+    table = client.query("domains.top", cache="bypass", limit=2)
+    assert table.num_rows == 2
+    assert client.last_metadata["cache"] == "bypass"
+    assert sum(b.num_rows for b in client.stream_query("domains.top", cache="refresh", limit=3)) == 3
+    assert client.last_metadata["cache"] == "miss"
+    assert client.query("domains.top", Options(engine="duckdb"), cache="bypass", limit=1).num_rows == 1
+    with pytest.raises(InvalidArgument, match="option 'cache' given twice"):
+        client.query("domains.top", Options(cache="use"), cache="bypass", limit=1)
+
+
+def test_client_option_names_cannot_be_named_query_parameters(tmp_path: Path) -> None:
+    from flight_server.catalog import load_catalog
+
+    entry = (
+        '[[query]]\nname = "t.x"\ndescription = "d"\ntables = ["cdx_records"]\n'
+        'sql = "SELECT * FROM cdx_records WHERE domain = $cache"\n'
+        '[[query.params]]\nname = "cache"\ntype = "string"\ndescription = "d"\n'
+    )
+    (tmp_path / "catalog.toml").write_text(entry)
+    with pytest.raises(ValueError, match="parameter name 'cache' is reserved"):
+        load_catalog(tmp_path / "catalog.toml")
+
+
 def test_client_last_metadata_has_cache_and_query_id(client: ChronoFlightClient) -> None:
     client.query("domains.top", limit=4)
     first = client.last_metadata

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,6 +19,7 @@ import pytest
 
 from flight_server.demo import DEMO_PROJECTS
 from flight_server.flightsql import flight_cancel_pb2 as cancel_pb
+from flight_server.flightsql import flight_session_pb2 as session_pb
 from flight_server.flightsql import flight_sql_pb2 as sql
 from flight_server.settings import AuthSettings, CacheSettings, LimitSettings
 
@@ -348,3 +350,62 @@ def test_flightsql_parameter_types_follow_the_compared_columns(server: ServerHan
     with conn.cursor() as cur:  # typed values bind as they are
         cur.execute(query, (200, 301, 0, 2**40, "%example%", dt.datetime(1990, 1, 1), "TEXT/HTML"))
         assert cur.fetch_arrow_table().num_rows > 0
+
+
+@pytest.mark.parametrize(
+    ("handle", "reason"),
+    [
+        (b'{"prepared": "not-hex!", "query_id": "q1"}', "malformed statement ticket"),
+        (b'{"prepared": 12, "query_id": "q1"}', "malformed statement ticket"),
+        (b'{"command": {"sql": "SELECT 1"}}', "malformed statement ticket"),
+        (b'["query_id"]', "malformed statement ticket"),
+        (b'{"query_id": "q1", "command": ' + b"[" * 4000 + b"]" * 4000 + b"}", "deeper than 32 levels"),
+        (b"\xff{", "the statement ticket must be JSON"),
+    ],
+)
+def test_flightsql_malformed_statement_ticket_is_invalid_argument(
+    server: ServerHandle, handle: bytes, reason: str
+) -> None:
+    ticket = flight.Ticket(_pack(sql.TicketStatementQuery(statement_handle=handle)))
+    with pytest.raises(pa.ArrowInvalid, match=reason):
+        server.client.do_get(ticket).read_all()
+    endpoints = [flight.FlightEndpoint(ticket, [])]
+    info = flight.FlightInfo(pa.schema([]), descriptor(sql.CommandStatementQuery(query="x")), endpoints, -1, -1)
+    body = cancel_pb.CancelFlightInfoRequest(info=info.serialize()).SerializeToString()
+    [raw] = action(server.client, "CancelFlightInfo", body)  # not a query of this caller: nothing to cancel
+    assert cancel_pb.CancelFlightInfoResult.FromString(raw).status == cancel_pb.CANCEL_STATUS_NOT_CANCELLABLE
+    assert server.get({"sql": "SELECT 7 AS x"}).to_pylist() == [{"x": 7}]
+
+
+def test_flightsql_adbc_go_driver_reads_a_table_larger_than_its_message_limit(conn: Any, server: ServerHandle) -> None:
+    # the Go driver refuses messages over 16 MiB; the engine's batches of this table are about 18 MB
+    with conn.cursor() as cur:
+        cur.execute("SELECT * FROM cdx_records")
+        table = cur.fetch_arrow_table()
+    assert table.num_rows == 200_000
+    assert (
+        table.column("id").to_pylist()[:3]
+        == server.get({"sql": "SELECT id FROM cdx_records LIMIT 3"})["id"].to_pylist()
+    )
+    # the same statement read with pyarrow: every message within the server's bound
+    info = server.client.get_flight_info(descriptor(sql.CommandStatementQuery(query="SELECT * FROM cdx_records")))
+    sizes = [pa.ipc.get_record_batch_size(chunk.data) for chunk in server.client.do_get(info.endpoints[0].ticket)]
+    assert len(sizes) > 2 and max(sizes) <= server.app.settings.max_message_bytes
+
+
+def test_flightsql_driver_disconnect_closes_its_session_as_a_supported_action(
+    server: ServerHandle, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="flight_server.server")
+    with connect(server) as connection, connection.cursor() as cur:  # the driver sends CloseSession on close
+        cur.execute("SELECT 1 AS one")
+        assert cur.fetchall() == [(1,)]
+
+    def closes() -> list[dict[str, Any]]:
+        fields = [getattr(record, "fields", {}) for record in caplog.records]
+        return [f for f in fields if f.get("route") == "CloseSession"]
+
+    assert [f["status"] for f in wait_for(closes, 30, "the driver's CloseSession never arrived")] == ["ok"]
+    [raw] = action(server.client, "CloseSession", b"")
+    assert session_pb.CloseSessionResult.FromString(raw).status == session_pb.CloseSessionResult.CLOSED
+    assert "CloseSession" in {a.type for a in server.client.list_actions()}

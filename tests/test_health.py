@@ -17,7 +17,16 @@ from tcp_proxy import TcpProxy
 from flight_server.serving import Runner
 from flight_server.settings import CacheSettings, RedisSettings
 
-from conftest import ServerHandle, create_database, drop_database, pg_settings, runner_settings
+from conftest import (
+    ServerHandle,
+    create_database,
+    drop_database,
+    pg_settings,
+    runner_settings,
+    start_server,
+    stop_server,
+)
+from support import wait_for
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -37,10 +46,7 @@ class HealthClient:
             return exc.code()
 
     def wait_for(self, service: str, status: Any, timeout_s: float = 20.0) -> None:
-        deadline = time.monotonic() + timeout_s
-        while (seen := self.check(service)) != status:
-            assert time.monotonic() < deadline, f"{service!r} stayed {seen}, expected {status}"
-            time.sleep(0.1)
+        wait_for(lambda: self.check(service) == status, timeout_s, f"{service!r} never became {status}")
 
     def watch(self, service: str) -> tuple[list[int], Any]:
         """Statuses as Watch delivers them (filled by a thread), and the call to cancel."""
@@ -62,10 +68,7 @@ class HealthClient:
 
 
 def _wait(predicate: Any, timeout_s: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.05)
+    wait_for(predicate, timeout_s, "condition not reached in time")
 
 
 @pytest.fixture
@@ -189,3 +192,21 @@ def test_health_action_reports_diagnostics(server: ServerHandle) -> None:
     assert memory["rss_bytes"] > 0 and memory["duckdb_memory_bytes"] is not None
     assert {"samples", "slope_bytes_per_s", "rising"} <= set(memory["trend"])
     assert isinstance(health["warnings"], list)
+
+
+def test_health_right_after_start_is_not_degraded_by_unmeasured_cpu(tmp_path: Path) -> None:
+    # no background sample for the whole test: the health action sees the start-up sample
+    handle = start_server(tmp_path, health_interval_s=600)
+    try:
+        health = handle.action("health")
+        assert health["memory"]["process_cpu_ratio"] is None
+        assert health["memory"]["system_cpu_ratio"] is None
+        assert not [w for w in health["warnings"] if "CPU" in w]
+        # once a window has passed, a sample measures: figures within what is possible
+        wait_for(
+            lambda: handle.app.resources.sample().cpu_ratio is not None, 30, "CPU was never measured after start-up"
+        )
+        memory = handle.action("health")["memory"]
+        assert 0 <= memory["process_cpu_ratio"] <= 1 and 0 <= memory["system_cpu_ratio"] <= 1
+    finally:
+        stop_server(handle)

@@ -8,7 +8,6 @@ import json
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -30,6 +29,7 @@ from flight_server.datasets import MANIFEST
 from flight_server.settings import CacheSettings, IngestSettings
 
 from conftest import ServerHandle, start_server, stop_server
+from support import wait_for
 
 BIN = Path(sys.executable).parent / "flight-server"
 MAY_2024 = 1_714_521_600  # 2024-05-01T00:00:00Z
@@ -300,17 +300,20 @@ def test_ingest_compaction_merges_small_files_atomically(ingest_server: ServerHa
         result = ingest_server.action(
             "dataset.compact", {"dataset": "cdx_records", "partition": {"partition_year": 2008, "partition_month": 1}}
         )
+        after = len(seen)  # the next read may have begun before the compaction; the one after it did not
+        wait_for(lambda: len(seen) > after + 1, 60, "no read after the compaction")
     finally:
-        time.sleep(0.2)
         stop.set()
         thread.join()
     assert (result["files_before"], result["files_after"], result["rows"]) == (6, 1, 60)
     assert seen and all(s == expected for s in seen)  # never missing, never doubled
     assert ingest_server.get({"sql": sql, "cache": "bypass"}).to_pylist() == expected
-    ingest_server.app.datasets.sweep_retired()
-    time.sleep(5.1)  # replaced files outlive the queries that might still read them
-    ingest_server.app.datasets.sweep_retired()
-    assert [p.name.startswith("compact-") for p in folder.glob("*.parquet")] == [True]
+
+    def swept() -> bool:  # replaced files outlive the queries that might still read them, then go
+        ingest_server.app.datasets.sweep_retired()
+        return [p.name.startswith("compact-") for p in folder.glob("*.parquet")] == [True]
+
+    wait_for(swept, 60, "the replaced files were never swept")
     again = ingest_server.action("dataset.compact", {"dataset": "cdx_records"})
     assert again["files_after"] <= again["files_before"]
     with pytest.raises(pa.ArrowKeyError):
@@ -323,12 +326,11 @@ def test_ingest_streams_batches_to_disk_before_the_end(tmp_path: Path) -> None:
         rows = cdx_rows("stream.example", 20_000, step=60)
         writer, acks = handle.client.do_put(flight.FlightDescriptor.for_path("cdx_records"), rows.schema)
         writer.write_table(rows, max_chunksize=2_000)
-        deadline = time.monotonic() + 10
-        temps: list[Path] = []
-        while not temps and time.monotonic() < deadline:
-            temps = [p for p in (tmp_path / "datasets").rglob(".tmp-*") if p.stat().st_size > 0]
-            time.sleep(0.05)
-        assert temps, "nothing was written while the upload was still open"
+        wait_for(
+            lambda: [p for p in (tmp_path / "datasets").rglob(".tmp-*") if p.stat().st_size > 0],
+            60,
+            "nothing was written while the upload was still open",
+        )
         assert count(handle, "SELECT count(*) FROM cdx_records") == 0  # not before the commit
         writer.done_writing()
         assert json.loads(acks.read().to_pybytes())["rows"] == 20_000

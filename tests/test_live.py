@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 from typing import Any
 
 import pyarrow as pa
@@ -15,6 +14,7 @@ import pytest
 from flight_server.live import SCHEMA
 
 from conftest import ServerHandle
+from support import wait_for
 
 
 def _subscribe(server: ServerHandle, body: Any) -> tuple[Any, Any]:
@@ -22,19 +22,20 @@ def _subscribe(server: ServerHandle, body: Any) -> tuple[Any, Any]:
     return server.client.do_exchange(flight.FlightDescriptor.for_command(raw))
 
 
-def _wait_no_subscribers(server: ServerHandle, timeout_s: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while server.app.live.subscribers:
-        assert time.monotonic() < deadline, "the live stream did not stop"
-        time.sleep(0.05)
+def _wait_no_subscribers(server: ServerHandle, timeout_s: float = 30.0) -> None:
+    wait_for(lambda: not server.app.live.subscribers, timeout_s, "the live stream did not stop")
 
 
 def test_live_streams_a_batch_every_interval_until_cancelled(server: ServerHandle) -> None:
     _writer, reader = _subscribe(server, {"subscribe": "system.metrics", "interval_s": 0.2})
-    first = reader.read_chunk().data
-    for _ in range(5):
-        server.get({"sql": "SELECT 1 AS one"})
-    rows = [first.to_pylist()[0]] + [reader.read_chunk().data.to_pylist()[0] for _ in range(2)]
+    try:
+        first = reader.read_chunk().data
+        for _ in range(5):
+            server.get({"sql": "SELECT 1 AS one"})
+        rows = [first.to_pylist()[0]] + [reader.read_chunk().data.to_pylist()[0] for _ in range(2)]
+        assert server.app.live.subscribers == 1
+    finally:
+        reader.cancel()  # a failed assertion must not leave the stream open (the server would not stop)
     assert first.schema.equals(SCHEMA)
     assert first.num_rows == 1
     times = [row["timestamp"] for row in rows]
@@ -43,9 +44,9 @@ def test_live_streams_a_batch_every_interval_until_cancelled(server: ServerHandl
     assert rows[0]["rss_bytes"] > 0 and rows[0]["duckdb_memory_bytes"] > 0
     assert rows[-1]["requests_total"] >= rows[0]["requests_total"] + 5
     assert any(row["requests_per_s"] > 0 for row in rows[1:])
-    assert all(0 <= row["cpu_ratio"] <= 1.5 for row in rows)
-    assert server.app.live.subscribers == 1
-    reader.cancel()
+    # the first row comes too soon after the stream opened to measure CPU: unknown or the monitor's figure
+    assert rows[0]["cpu_ratio"] is None or 0 <= rows[0]["cpu_ratio"] <= 1
+    assert all(0 <= row["cpu_ratio"] <= 1 for row in rows[1:])
     _wait_no_subscribers(server)
 
 
@@ -74,6 +75,7 @@ def test_live_stops_when_the_client_process_goes_away(server: ServerHandle) -> N
     ("body", "message"),
     [
         (b"not json", "must be JSON"),
+        (b'{"subscribe": ' + b"[" * 3000 + b"]" * 3000 + b"}", "deeper than 32 levels"),
         ([1, 2], "must be a subscription"),
         ({"interval_s": 1}, "must be a subscription"),
         ({"subscribe": "system.nothing"}, "unknown subscription"),

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,7 @@ from conftest import (
     start_server,
     stop_server,
 )
+from support import wait_for
 
 # PostgreSQL and hybrid routes are what these servers test: no replicas to answer instead
 NO_SYNC = SyncSettings(enabled=False)
@@ -341,13 +341,14 @@ def test_postgres_outage_fails_fast_and_recovers_without_restart(tmp_path: Path,
         health = handle.action("health")
         assert health["engines"]["postgres"]["status"] == "down"
         proxy.restore()
-        for _ in range(50):
+
+        def answered() -> bool:
             try:
-                if handle.get(lookup).column("n")[0].as_py() == 12:
-                    break
+                return bool(handle.get(lookup).column("n")[0].as_py() == 12)
             except flight.FlightUnavailableError:
-                time.sleep(0.1)
-        assert handle.get(lookup).column("n")[0].as_py() == 12
+                return False
+
+        wait_for(answered, 30, "PostgreSQL routes did not come back")
     finally:
         proxy.cut()
         stop_server(handle)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -147,8 +146,16 @@ def test_replica_answers_while_postgres_is_down_unless_a_bound_forbids(
         table, meta = get_with_metadata(handle, ANALYTICAL)
         assert meta["replica"] is True and "PostgreSQL unavailable" in meta["reason"]
         assert table.to_pylist() == expected.to_pylist()
-        with pytest.raises(flight.FlightUnavailableError, match="stale, over the max_staleness_s"):
-            handle.get({**ANALYTICAL, "max_staleness_s": 0.1})
+
+        def refused_as_stale() -> bool:  # once the replica, no longer synced, is 0.1 s behind
+            try:
+                handle.get({**ANALYTICAL, "max_staleness_s": 0.1})
+            except flight.FlightUnavailableError as exc:
+                assert "stale, over the max_staleness_s" in str(exc)
+                return True
+            return False
+
+        wait_for(refused_as_stale, 30, "a replica 0.1 s behind to be refused for a 0.1 s bound")
     finally:
         proxy.restore()
         stop_server(handle)
@@ -222,10 +229,14 @@ def test_replica_bound_also_ages_out_cached_postgres_results(replica_server: Pro
     command = {"sql": "SELECT approval_status, count(*) AS n FROM users GROUP BY 1", "engine": "postgres"}
     get_with_metadata(handle, command)
     assert get_with_metadata(handle, command)[1]["cache"] == "hit-l1"
-    time.sleep(0.3)
     assert get_with_metadata(handle, {**command, "max_staleness_s": 60})[1]["cache"] == "hit-l1"
-    table, meta = get_with_metadata(handle, {**command, "max_staleness_s": 0.2})
-    assert meta["cache"] == "miss" and b"chrono:cached_at" not in (table.schema.metadata or {})
+    # polled until the cached result is older than the bound: a hit before, a miss after
+    table, _meta = wait_for(
+        lambda: (got := get_with_metadata(handle, {**command, "max_staleness_s": 0.2}))[1]["cache"] == "miss" and got,
+        30,
+        "the cached result to age out of a 0.2 s bound",
+    )
+    assert b"chrono:cached_at" not in (table.schema.metadata or {})
 
 
 def test_replica_rewrite_keeps_project_scoping() -> None:

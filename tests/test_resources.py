@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from flight_server.resources import ResourceMonitor, parse_size
+from flight_server.resources import MIN_CPU_WINDOW_S, CpuMeter, ResourceMonitor, parse_size
 
 
 @pytest.fixture
@@ -70,3 +70,39 @@ def test_resources_warn_when_duckdb_memory_over_80_percent_of_its_limit(monitor:
     snapshot = monitor.snapshot()
     assert snapshot["duckdb_memory_limit_bytes"] == 1000**3
     assert snapshot["duckdb_memory_bytes"] == 900 * 1000**2
+
+
+class _Clock:
+    """A monotonic clock the test moves by hand."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_resources_cpu_is_unknown_until_a_window_has_passed() -> None:
+    clock = _Clock()
+    meter = CpuMeter(clock=clock)
+    assert meter.read() == (None, None)  # right after priming: nothing measured yet
+    clock.now += MIN_CPU_WINDOW_S / 2
+    assert meter.read() == (None, None)
+    clock.now += MIN_CPU_WINDOW_S
+    process, system = meter.read()
+    assert process is not None and 0 <= process <= 1
+    assert system is not None and 0 <= system <= 1
+    clock.now += MIN_CPU_WINDOW_S / 10  # too soon again: the last figures, the window not restarted
+    assert meter.read() == (process, system)
+
+
+def test_resources_first_sample_reports_no_cpu_and_no_cpu_warning(tmp_path: Path) -> None:
+    monitor = ResourceMonitor(tmp_path, lambda: None, "1GB", interval_s=600)
+    try:
+        assert monitor.latest is not None
+        assert monitor.latest.cpu_ratio is None and monitor.latest.system_cpu_ratio is None
+        snapshot = monitor.snapshot()
+        assert snapshot["process_cpu_ratio"] is None and snapshot["system_cpu_ratio"] is None
+        assert not [w for w in monitor.warnings() if "CPU" in w]
+    finally:
+        monitor.close()

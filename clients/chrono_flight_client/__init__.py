@@ -4,17 +4,17 @@
 
     with ChronoFlightClient.connect("grpc://127.0.0.1:8815") as client:
         top = client.query("domains.top", limit=10)                     # pa.Table
-        fresh = client.query("domains.top", Options(cache="bypass"), limit=10)
-        n = client.sql("SELECT count(*) FROM cdx_records WHERE domain = $1", "example.com")
+        fresh = client.query("domains.top", cache="bypass", limit=10)
+        n = client.sql("SELECT count(*) FROM cdx_records WHERE domain = $1", "example.com", cache="bypass")
         for batch in client.stream_sql("SELECT * FROM cdx_records"):  # pa.RecordBatch
             ...
 
-Named-query parameters are keyword arguments, so per-call options (`engine`, `cache`,
-`max_staleness_s`) travel in an `Options` value passed *positionally* right after the
-query name: any parameter name, even `engine` or `options`, stays free for the query.
-For raw SQL the parameters are positional ($1, $2, ...), so the options are plain
-keyword-only arguments there. Every server error is raised as a `ChronoFlightError`
-subclass with `.status` and a clean one-line `.message`; the pyarrow error is its cause.
+Per-call options (`engine`, `cache`, `max_staleness_s`) are keyword arguments of every
+call, named and raw SQL alike. Named-query parameters are the other keyword arguments:
+the option names are reserved (the server's catalogue refuses parameters named so).
+An `Options` value passed positionally right after the query name works too. Every
+server error is raised as a `ChronoFlightError` subclass with `.status` and a clean
+one-line `.message`; the pyarrow error is its cause.
 """
 
 from __future__ import annotations
@@ -154,10 +154,28 @@ class Options:
     max_staleness_s: float | None = None
 
     def apply(self, command: dict[str, Any]) -> dict[str, Any]:
-        for key in ("engine", "cache", "max_staleness_s"):
+        for key in OPTION_NAMES:
             if getattr(self, key) is not None:
                 command[key] = getattr(self, key)
         return command
+
+    def merged(
+        self, engine: Engine | None = None, cache: CacheMode | None = None, max_staleness_s: float | None = None
+    ) -> Options:
+        """These options with the ones given as keywords; the same option twice must agree."""
+        given = {"engine": engine, "cache": cache, "max_staleness_s": max_staleness_s}
+        for key, value in given.items():
+            mine = getattr(self, key)
+            if mine is not None and value is not None and mine != value:
+                raise InvalidArgument(f"option '{key}' given twice ({mine!r} in Options, {value!r} as a keyword)")
+        return Options(
+            engine if engine is not None else self.engine,
+            cache if cache is not None else self.cache,
+            max_staleness_s if max_staleness_s is not None else self.max_staleness_s,
+        )
+
+
+OPTION_NAMES = ("engine", "cache", "max_staleness_s")  # never names of named-query parameters
 
 
 def sql_command(query: str, *params: Any, options: Options | None = None) -> dict[str, Any]:
@@ -168,12 +186,21 @@ def sql_command(query: str, *params: Any, options: Options | None = None) -> dic
     return (options or Options()).apply(command)
 
 
-def query_command(name: str, options: Options | None = None, /, **params: Any) -> dict[str, Any]:
-    """The JSON command for a named query, e.g. `query_command("domains.top", limit=5)`."""
+def query_command(
+    name: str,
+    options: Options | None = None,
+    /,
+    *,
+    engine: Engine | None = None,
+    cache: CacheMode | None = None,
+    max_staleness_s: float | None = None,
+    **params: Any,
+) -> dict[str, Any]:
+    """The JSON command for a named query, e.g. `query_command("domains.top", cache="bypass", limit=5)`."""
     command: dict[str, Any] = {"query": name}
     if params:
         command["params"] = params
-    return (options or Options()).apply(command)
+    return (options or Options()).merged(engine, cache, max_staleness_s).apply(command)
 
 
 def _encode(command: Mapping[str, Any]) -> bytes:
@@ -214,6 +241,7 @@ class BatchStream(Iterator[pa.RecordBatch]):
         with _mapped_errors():
             self.schema: pa.Schema = reader.schema  # waits for the first message: errors surface now
         self.metadata: dict[str, Any] = {}
+        self.truncated = False  # read_all(max_rows) stopped before the end: there may be more rows
 
     def __next__(self) -> pa.RecordBatch:
         while not self._done:
@@ -233,9 +261,28 @@ class BatchStream(Iterator[pa.RecordBatch]):
                 return cast(pa.RecordBatch, chunk.data)
         raise StopIteration
 
-    def read_all(self) -> pa.Table:
-        """The rest of the stream as one table."""
-        return pa.Table.from_batches(list(self), schema=self.schema)
+    def read_all(self, max_rows: int | None = None) -> pa.Table:
+        """The rest of the stream as one table; with `max_rows`, at most that many rows.
+
+        With `max_rows` the stream is read only until that many rows have arrived, then
+        closed, which cancels the server's side: the rest is never computed or sent.
+        `truncated` then says whether the stream was stopped before its end.
+        """
+        if max_rows is None:
+            return pa.Table.from_batches(list(self), schema=self.schema)
+        if max_rows < 0:
+            raise InvalidArgument("max_rows must be 0 or more")
+        batches: list[pa.RecordBatch] = []
+        rows = 0
+        while rows < max_rows:
+            batch = next(self, None)
+            if batch is None:
+                break
+            batches.append(batch)
+            rows += batch.num_rows
+        self.truncated = not self._done
+        self.close()
+        return pa.Table.from_batches(batches, schema=self.schema).slice(0, max_rows)
 
     def close(self) -> None:
         """Stop reading; cancels the server side if the stream is not finished."""
@@ -322,10 +369,10 @@ class ChronoFlightClient:
         reader = self._call(lambda: self._client.do_get(ticket, options=self._options))
         return BatchStream(reader, self._set_metadata)
 
-    def fetch(self, command: Mapping[str, Any]) -> pa.Table:
-        """Run any JSON command and return the whole result as a table."""
+    def fetch(self, command: Mapping[str, Any], *, max_rows: int | None = None) -> pa.Table:
+        """Run any JSON command and return the result as a table (its first `max_rows` rows)."""
         with self.stream(command) as batches:
-            return batches.read_all()
+            return batches.read_all(max_rows)
 
     def sql(
         self,
@@ -349,13 +396,35 @@ class ChronoFlightClient:
         """Like `sql`, as an iterator of record batches read as they arrive."""
         return self.stream(sql_command(query, *params, options=Options(engine, cache, max_staleness_s)))
 
-    def query(self, name: str, options: Options | None = None, /, **params: Any) -> pa.Table:
-        """A named query: `query("domains.top", limit=5)`; options go positionally."""
-        return self.fetch(query_command(name, options, **params))
+    def query(
+        self,
+        name: str,
+        options: Options | None = None,
+        /,
+        *,
+        engine: Engine | None = None,
+        cache: CacheMode | None = None,
+        max_staleness_s: float | None = None,
+        **params: Any,
+    ) -> pa.Table:
+        """A named query: `query("domains.top", limit=5, cache="bypass")`; options as for `sql`."""
+        command = query_command(name, options, engine=engine, cache=cache, max_staleness_s=max_staleness_s, **params)
+        return self.fetch(command)
 
-    def stream_query(self, name: str, options: Options | None = None, /, **params: Any) -> BatchStream:
+    def stream_query(
+        self,
+        name: str,
+        options: Options | None = None,
+        /,
+        *,
+        engine: Engine | None = None,
+        cache: CacheMode | None = None,
+        max_staleness_s: float | None = None,
+        **params: Any,
+    ) -> BatchStream:
         """Like `query`, as an iterator of record batches read as they arrive."""
-        return self.stream(query_command(name, options, **params))
+        command = query_command(name, options, engine=engine, cache=cache, max_staleness_s=max_staleness_s, **params)
+        return self.stream(command)
 
     # -- planning and metadata
 

@@ -1,7 +1,7 @@
 """The Flight SQL actions (DoAction), listed by ListActions beside the JSON ones.
 
 Bodies and results are protobuf: `Any`-wrapped for the Flight SQL actions, plain for
-the Flight `CancelFlightInfo` action, as the specifications say.
+the Flight `CancelFlightInfo` and `CloseSession` actions, as the specifications say.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import pyarrow.flight as flight
 from flight_server.context import RequestContext
 from flight_server.errors import InvalidArgument, Unimplemented
 from flight_server.flightsql import flight_cancel_pb2 as cancel_pb
+from flight_server.flightsql import flight_session_pb2 as session_pb
 from flight_server.flightsql import flight_sql_pb2 as sql
 from flight_server.flightsql.protocol import pack, parse_plain, unpack_body
 from flight_server.flightsql.service import READ_ONLY, FlightSqlService
@@ -42,6 +43,18 @@ def cancel_query(service: FlightSqlService, ctx: RequestContext, body: bytes) ->
     return [pack(sql.ActionCancelQueryResult(result=status))]
 
 
+def close_session(service: FlightSqlService, ctx: RequestContext, body: bytes) -> list[bytes]:
+    """CLOSED: the server keeps nothing per session to close.
+
+    Drivers send this on disconnect. Prepared statements belong to the caller, not to
+    a connection (another connection of the same caller may still use them), and
+    close on their own when idle; everything else is per call.
+    """
+    parse_plain(body, session_pb.CloseSessionRequest)
+    closed = session_pb.CloseSessionResult(status=session_pb.CloseSessionResult.CLOSED)
+    return [closed.SerializeToString()]
+
+
 def _transactions(service: FlightSqlService, ctx: RequestContext, body: bytes) -> list[bytes]:
     raise InvalidArgument("transactions are not supported: " + READ_ONLY)
 
@@ -61,6 +74,7 @@ SQL_ACTIONS: dict[str, tuple[str, Handler]] = {
     ),
     "CancelFlightInfo": ("Flight: stop the query of a FlightInfo (CancelFlightInfoRequest).", cancel_flight_info),
     "CancelQuery": ("Flight SQL (deprecated): stop the query of a FlightInfo.", cancel_query),
+    "CloseSession": ("Flight: end the client's session (sent by drivers on disconnect); always CLOSED.", close_session),
     "BeginTransaction": ("Flight SQL: refused, the server is read-only for statements.", _transactions),
     "EndTransaction": ("Flight SQL: refused, the server is read-only for statements.", _transactions),
     "BeginSavepoint": ("Flight SQL: refused, the server is read-only for statements.", _transactions),

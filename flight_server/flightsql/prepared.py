@@ -48,8 +48,9 @@ class PreparedStatement:
 
 
 class PreparedStatements:
-    def __init__(self, settings: FlightSqlSettings) -> None:
+    def __init__(self, settings: FlightSqlSettings, clock: Callable[[], float] = time.monotonic) -> None:
         self.settings = settings
+        self.clock = clock  # monotonic seconds, in which idle time is measured (injectable)
         self._lock = threading.Lock()
         self._statements: dict[bytes, PreparedStatement] = {}
 
@@ -67,7 +68,9 @@ class PreparedStatements:
                 raise ResourceExhausted(
                     f"you hold {mine} prepared statements, the most allowed; close some (ClosePreparedStatement)"
                 )
-            statement = PreparedStatement(secrets.token_bytes(16), caller, command, dataset_schema, parameter_schema)
+            statement = PreparedStatement(
+                secrets.token_bytes(16), caller, command, dataset_schema, parameter_schema, last_used=self.clock()
+            )
             self._statements[statement.handle] = statement
             return statement
 
@@ -78,7 +81,7 @@ class PreparedStatements:
             statement = self._statements.get(handle)
             if statement is None or statement.owner != caller:
                 raise NotFound("unknown or expired prepared statement handle; prepare the statement again")
-            statement.last_used = time.monotonic()
+            statement.last_used = self.clock()
             return statement
 
     def close(self, caller: Caller, handle: bytes) -> None:
@@ -93,7 +96,7 @@ class PreparedStatements:
             return len(self._statements)
 
     def _expire(self) -> None:
-        cutoff = time.monotonic() - self.settings.prepared_idle_s
+        cutoff = self.clock() - self.settings.prepared_idle_s
         for handle in [h for h, s in self._statements.items() if s.last_used < cutoff]:
             del self._statements[handle]
 

@@ -18,7 +18,7 @@ from google.protobuf.message import Message
 from sqlglot import exp
 
 from flight_server.app import App
-from flight_server.commands import Command, parse_command
+from flight_server.commands import Command, load_json, parse_command
 from flight_server.context import RequestContext
 from flight_server.errors import Cancelled, ChronoError, InvalidArgument
 from flight_server.executor import OpenResult, Plan
@@ -111,23 +111,19 @@ class FlightSqlService:
             return self.metadata.run(command, ctx)
         if not isinstance(command, sql.TicketStatementQuery):
             raise InvalidArgument(f"{command.DESCRIPTOR.name} is not a ticket; use the ticket of a FlightInfo")
-        try:
-            handle = json.loads(command.statement_handle)
-            query_id = str(handle["query_id"])
-        except (ValueError, KeyError, TypeError):
-            raise InvalidArgument("malformed statement ticket; ask GetFlightInfo for a new one") from None
+        query_id, prepared, handle = _statement_ticket(command.statement_handle)
         if self.tickets.cancelled(query_id):
             raise Cancelled("the query was cancelled")
         if self.tickets.owned_by(query_id, ctx.caller) and query_id not in self.app.running:
             ctx.query_id = query_id  # the id its FlightInfo announced, so CancelFlightInfo finds it
-        if "prepared" in handle:
-            statement = self.prepared.get(ctx.caller, bytes.fromhex(str(handle["prepared"])))
+        if prepared is not None:
+            statement = self.prepared.get(ctx.caller, prepared)
             commands = statement.commands()
             if len(commands) > 1:
                 return self._run_many(commands, ctx)
             return self.app.executor.plan(commands[0], ctx)
         if "command" not in handle:
-            raise InvalidArgument("malformed statement ticket; ask GetFlightInfo for a new one")
+            raise InvalidArgument(MALFORMED_TICKET)
         return self.app.executor.plan(parse_command(json.dumps(handle["command"]).encode()), ctx)
 
     def _run_many(self, commands: list[Command], ctx: RequestContext) -> BoundRun:
@@ -234,11 +230,32 @@ def _refuse(command: Message) -> str:
     return name
 
 
+MALFORMED_TICKET = "malformed statement ticket; ask GetFlightInfo for a new one"
+
+
+def _statement_ticket(raw: bytes) -> tuple[str, bytes | None, dict[str, Any]]:
+    """The query id, the prepared statement handle (if any) and the whole handle of a ticket.
+
+    The handle is JSON this server wrote (see the module docstring); anything else a
+    client sends in its place is INVALID_ARGUMENT, never an internal error.
+    """
+    handle = load_json(raw, "the statement ticket")
+    if not isinstance(handle, dict) or not isinstance(handle.get("query_id"), str):
+        raise InvalidArgument(MALFORMED_TICKET)
+    prepared = handle.get("prepared")
+    if prepared is None:
+        return handle["query_id"], None, handle
+    try:
+        return handle["query_id"], bytes.fromhex(prepared), handle
+    except (TypeError, ValueError):  # not a string, or not hexadecimal
+        raise InvalidArgument(MALFORMED_TICKET) from None
+
+
 def _ticket_query_id(raw: bytes) -> str | None:
     try:
         command = unpack_command(raw)
         if not isinstance(command, sql.TicketStatementQuery):
             return None
-        return str(json.loads(command.statement_handle)["query_id"])
-    except (InvalidArgument, ValueError, KeyError, TypeError):
+        return _statement_ticket(command.statement_handle)[0]
+    except InvalidArgument:
         return None
