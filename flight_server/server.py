@@ -35,6 +35,7 @@ from flight_server.security import (
     tls_options,
 )
 from flight_server.settings import Settings
+from flight_server.stalls import WatchedStream
 
 logger = logging.getLogger(__name__)
 
@@ -185,12 +186,12 @@ class ChronoFlightServer(flight.FlightServerBase):  # type: ignore[misc]
         self, context: flight.ServerCallContext, ctx: RequestContext, plan: Plan, client_types: bool = False
     ) -> flight.FlightDataStream:
         """Open a plan's result (a client that goes away meanwhile stops it) and stream it."""
-        self.app.limits.acquire(ctx.caller)
+        self.app.limits.acquire(ctx.caller, ctx.peer)
         self.app.running.watch_client(plan.query_id, context.is_cancelled)
         try:
             result = self.app.executor.open(plan, ctx)
         except BaseException:
-            self.app.limits.release(ctx.caller)
+            self.app.limits.release(ctx.caller, ctx.peer)
             raise
         finally:
             self.app.running.unwatch_client(plan.query_id)
@@ -198,46 +199,68 @@ class ChronoFlightServer(flight.FlightServerBase):  # type: ignore[misc]
             result = conform_result(result)
         context.add_header("x-chrono-cache", result.cache)
         context.add_header("x-chrono-query-id", plan.query_id)
-        return flight.GeneratorStream(result.schema, self._stream(ctx, result))
 
-    def _stream(self, ctx: RequestContext, result: OpenResult) -> Iterator[Any]:
-        """First batch with the metadata, then the rest straight from the C++ reader.
+        def end() -> None:  # once: when the stream ends, or when its client stopped reading
+            try:
+                result.batches.clear()
+                result.close()
+            finally:
+                self.app.limits.release(ctx.caller, ctx.peer)
 
-        Non-admin results are held to the row and byte limits: batches in hand are
-        counted here, and a stream that goes on past them is counted batch by batch.
+        watched = self.app.limits.stalls.watch(end, plan.query_id)
+        return flight.GeneratorStream(result.schema, self._stream(ctx, result, watched))
+
+    def _stream(self, ctx: RequestContext, result: OpenResult, watched: WatchedStream) -> Iterator[Any]:
+        """The result's batches, each watched while the writer holds it (flight_server.stalls).
+
+        The query's resources and slot go when the stream ends, or as soon as its client
+        has stopped reading for the stall timeout.
         """
-        metadata = pa.py_buffer(_metadata_bytes(result.metadata()))
         status = "cancelled"
-        budget = _Budget.for_caller(ctx.caller, self.app.settings)
-        # rows and bytes as far as Python sees them: all of a result in hand, but not
-        # the batches of a live reader handed to the C++ writer (admins, large results)
         sent = {"rows": 0, "bytes": 0}
         try:
-            for batch in result.batches:
-                budget.spend(batch)
-                sent["rows"] += batch.num_rows
-                sent["bytes"] += batch.nbytes
-            head = result.batches[0] if result.batches else _empty_batch(result.schema)
-            yield head, metadata
-            if len(result.batches) > 1:
-                yield pa.Table.from_batches(result.batches[1:], schema=result.schema)
-            if result.running is not None:
-                if budget.unlimited:
-                    yield result.running.reader
-                else:
-                    for batch in result.running.reader:
-                        budget.spend(batch)
-                        sent["rows"] += batch.num_rows
-                        sent["bytes"] += batch.nbytes
-                        yield batch
+            yield from watched.items(self._batches(ctx, result, sent))
             status = "ok"
         except ChronoError as exc:
             status = exc.status
             raise to_flight_error(exc) from None
         finally:
-            result.close()
-            self.app.limits.release(ctx.caller)
             self._log(ctx, result.plan.label, status, engine=result.plan.engine, cache=result.cache, **sent)
+
+    def _batches(self, ctx: RequestContext, result: OpenResult, sent: dict[str, int]) -> Iterator[Any]:
+        """First batch with the metadata, then the rest one by one, counted into `sent`.
+
+        Non-admin results are held to the row and byte limits: batches in hand are
+        counted before anything is sent, and a live reader batch by batch. Batches in
+        hand are dropped as they are handed on.
+        """
+        metadata = pa.py_buffer(_metadata_bytes(result.metadata()))
+        budget = _Budget.for_caller(ctx.caller, self.app.settings)
+        for batch in result.batches:
+            budget.spend(batch)
+        held = result.batches
+        head = held.pop(0) if held else _empty_batch(result.schema)
+        sent["rows"], sent["bytes"] = head.num_rows, head.nbytes
+        yield head, metadata
+        while held:
+            batch = held.pop(0)
+            sent["rows"] += batch.num_rows
+            sent["bytes"] += batch.nbytes
+            yield batch
+        if result.running is None:
+            return
+        running = result.running
+        while True:
+            try:
+                batch = running.reader.read_next_batch()
+            except StopIteration:
+                return
+            except Exception as exc:
+                raise running.translate(exc) from None
+            budget.spend(batch)
+            sent["rows"] += batch.num_rows
+            sent["bytes"] += batch.nbytes
+            yield batch
 
     def do_put(
         self,
@@ -355,10 +378,6 @@ class _Budget:
         if caller.role == "admin":
             return cls(None, None)
         return cls(settings.limits.max_result_rows, settings.limits.max_result_bytes)
-
-    @property
-    def unlimited(self) -> bool:
-        return self.rows is None
 
     def spend(self, batch: pa.RecordBatch) -> None:
         if self.rows is None or self.nbytes is None:

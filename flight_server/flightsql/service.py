@@ -133,14 +133,14 @@ class FlightSqlService:
     def _run_many(self, commands: list[Command], ctx: RequestContext) -> pa.Table:
         """A statement bound to many parameter rows: run once per row, results concatenated."""
         tables = []
-        self.app.limits.acquire(ctx.caller)
+        self.app.limits.acquire(ctx.caller, ctx.peer)
         try:
             for command in commands:
                 plan = self.app.executor.plan(command, ctx)
                 table = self.app.executor.run_to_table(plan, ctx)
                 tables.append(table.cast(client_schema(table.schema)))
         finally:
-            self.app.limits.release(ctx.caller)
+            self.app.limits.release(ctx.caller, ctx.peer)
         return pa.concat_tables(tables, promote_options="permissive")
 
     # -- DoPut -------------------------------------------------------------------------
