@@ -409,7 +409,7 @@ def run_b8(ctx: CacheContext) -> list[Result]:
                 f"{plan.b8_hits} hits and {plan.b8_bypass} uncached calls per repetition (and the diagnostic "
                 "arm below), order rotating; the server's cache.stats confirm every hit was an L1 hit and every "
                 "baseline call a bypass. The server has Redis configured (as in production), so even an L1 hit "
-                "reads the data versions (one MGET) and counts the use (one ZINCRBY) in Redis. "
+                "reads the data versions (one HMGET) and counts the use (one ZINCRBY) in Redis. "
                 "ratio = uncached p50 / hit p50, median of the per-repetition ratios.",
             },
         ),
@@ -430,7 +430,7 @@ def run_b8(ctx: CacheContext) -> list[Result]:
                 "client_cpu_ms_per_hit_no_redis": cpu_ms("hit_no_redis", "client"),
                 "notes": "a third server, same data and settings but no FLIGHT_REDIS__URL, measured in the same "
                 "rotation: the difference is what the two Redis round trips of every named-query request "
-                "(versions MGET, usage ZINCRBY) cost an L1 hit.",
+                "(versions HMGET, usage ZINCRBY) cost an L1 hit.",
             },
         ),
     ]

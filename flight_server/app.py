@@ -253,6 +253,7 @@ class App:
         self.warmer.close()
         self.resources.close()
         self.audit.close()
+        self.limits.close()
         self.running.close()
         self.cache.close()
         if engines:

@@ -5,6 +5,12 @@ the engine, the caller's data scope and the data version of every table read (an
 the named query itself). A data version is a counter, in Redis when configured (shared
 by every instance) and in process otherwise; ingestion, sync and `cache.invalidate`
 bump it, so invalidation is one increment and stale entries simply expire.
+
+Every version map also carries an epoch, so versions never go back: Redis's epoch
+changes when it loses the counters (flight_server.cache_redis), and the in-process
+counters, used while Redis is unreachable, get a fresh epoch for each outage (other
+servers' bumps during an earlier one are unknown here). A server that sees Redis's epoch
+change drops its L1, whose entries belong to the old one.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ from __future__ import annotations
 import fnmatch
 import hashlib
 import json
+import logging
 import threading
 from collections import Counter
 from collections.abc import Iterable, Iterator
@@ -22,8 +29,10 @@ from typing import Any
 import pyarrow as pa
 
 from flight_server.cache_memory import MemoryCache
-from flight_server.cache_redis import RedisStore
+from flight_server.cache_redis import EPOCH, RedisStore, new_epoch
 from flight_server.settings import Settings
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -60,6 +69,8 @@ class TieredCache:
         self.l2 = redis
         self._lock = threading.Lock()
         self._local_versions: Counter[str] = Counter()
+        self._local_epoch: int | None = None  # of the in-process versions; renewed after Redis answers
+        self._shared_epoch: int | None = None  # Redis's epoch, as last seen
         self._pending_bumps: Counter[str] = Counter()
         self._usage: Counter[str] = Counter()
         self._inflight: dict[str, threading.Event] = {}
@@ -76,14 +87,31 @@ class TieredCache:
     # -- versions --------------------------------------------------------------------------
 
     def versions(self, names: Iterable[str]) -> dict[str, int]:
+        """The epoch and the data version of each name: Redis's, or in-process ones while it is away."""
         names = sorted(set(names))
         if self.l2 is not None:
             self._flush_pending_bumps()
             shared = self.l2.versions(names)
             if shared is not None:
+                self._saw_epoch(shared[EPOCH])
                 return shared
         with self._lock:
-            return {n: self._local_versions[n] for n in names}
+            if self._local_epoch is None:
+                self._local_epoch = new_epoch()
+            return {EPOCH: self._local_epoch, **{n: self._local_versions[n] for n in names}}
+
+    def _saw_epoch(self, epoch: int) -> None:
+        with self._lock:
+            seen, self._shared_epoch = self._shared_epoch, epoch
+            self._local_epoch = None  # the next outage starts afresh
+        if seen is not None and seen != epoch:
+            self.l1.clear()
+            self._count("epochs", 1)
+            logger.warning(
+                "redis lost the data versions (restart without persistence, eviction or flush): "
+                "new epoch, memory cache cleared",
+                extra={"fields": {"epoch": epoch}},
+            )
 
     def bump(self, tables: Iterable[str]) -> None:
         """New data in these tables: every cached result that read them is stale."""
@@ -246,6 +274,7 @@ class TieredCache:
             "too_large": self.counts["too_large"],
             "coalesced": self.counts["coalesced"],
             "version_bumps": self.counts["bumps"],
+            "version_epochs": self.counts["epochs"],
             "pending_bumps": sum(self._pending_bumps.values()),
             "warnings": self.warnings(),
         }

@@ -10,6 +10,7 @@ Redis also holds the data-version counters and the usage counts used for warming
 from __future__ import annotations
 
 import logging
+import secrets
 import struct
 import time
 import zlib
@@ -30,6 +31,12 @@ T = TypeVar("T")
 MAGIC = b"CFL2"
 _HEADER = struct.Struct(">4sQI")  # magic, payload length, crc32
 COMPRESSIONS = ("none", "lz4", "zstd")
+EPOCH = "epoch"  # in every version map: which life of the counters the versions belong to
+
+
+def new_epoch() -> int:
+    """An epoch no earlier one equals: the time in milliseconds, then three random digits."""
+    return int(time.time() * 1000) * 1000 + secrets.randbelow(1000)
 
 
 class CorruptEntry(ValueError):
@@ -72,6 +79,7 @@ class RedisStore:
         assert settings.url is not None
         self.settings = settings
         self._prefix = settings.key_prefix
+        self._versions_key = f"{settings.key_prefix}versions"
         self._client = redis.Redis.from_url(
             settings.url,
             socket_timeout=settings.socket_timeout_s,
@@ -141,14 +149,24 @@ class RedisStore:
     # -- data versions and usage -------------------------------------------------------
 
     def versions(self, names: list[str]) -> dict[str, int] | None:
-        """Counters for `names` (0 when never bumped); None when Redis is unavailable."""
-        if not names:
-            return {}
-        keys = [self._key("version", n) for n in names]
-        values = self._call("mget", lambda: self._client.mget(keys), None)
+        """The epoch and the counters of `names` (0 when never bumped); None when Redis is unavailable."""
+        fields = [EPOCH, *names]
+        values = self._call("hmget", lambda: list(self._client.hmget(self._versions_key, fields)), None)
+        if values is not None and values[0] is None:
+            values = self._call("hsetnx", lambda: self._start_epoch(fields), None)
         if values is None:
             return None
-        return {n: int(v) if v is not None else 0 for n, v in zip(names, values, strict=True)}
+        epoch, *counters = values
+        if epoch is None:  # cannot happen: the epoch was set in the same transaction
+            return None
+        return {EPOCH: int(epoch), **{n: int(v) if v is not None else 0 for n, v in zip(names, counters, strict=True)}}
+
+    def _start_epoch(self, fields: list[str]) -> list[Any]:
+        """Set a new epoch unless another server just did; the fields as they are then."""
+        pipe = self._client.pipeline(transaction=True)
+        pipe.hsetnx(self._versions_key, EPOCH, new_epoch())
+        pipe.hmget(self._versions_key, fields)
+        return list(pipe.execute()[1])
 
     def bump(self, names: Iterable[str]) -> dict[str, int] | None:
         names = list(names)
@@ -156,10 +174,10 @@ class RedisStore:
         def incr_all() -> list[Any]:
             pipe = self._client.pipeline(transaction=False)
             for name in names:
-                pipe.incr(self._key("version", name))
+                pipe.hincrby(self._versions_key, name, 1)
             return list(pipe.execute())
 
-        values = self._call("incr", incr_all, None)
+        values = self._call("hincrby", incr_all, None)
         return None if values is None else {n: int(v) for n, v in zip(names, values, strict=True)}
 
     def count_use(self, member: str) -> None:

@@ -2,7 +2,10 @@
 
 Every RPC takes a token from its caller's bucket (RESOURCE_EXHAUSTED when empty).
 Every query takes a slot, per caller and in total; when none is free the query waits
-in line up to the queue timeout, then gets RESOURCE_EXHAUSTED.
+in line up to the queue timeout, then gets RESOURCE_EXHAUSTED. No caller is exempt from
+the per-caller cap, so one caller never holds every slot: a caller is the token's
+subject, or, without authentication, the client connection. A slot is held until its
+stream ends; `stalls` ends a stream whose client stopped reading (flight_server.stalls).
 """
 
 from __future__ import annotations
@@ -15,7 +18,9 @@ from typing import Any
 
 from flight_server.context import Caller
 from flight_server.errors import ResourceExhausted
+from flight_server.security import LOOPBACK_ADMIN
 from flight_server.settings import LimitSettings
+from flight_server.stalls import StallWatch
 
 
 class TokenBucket:
@@ -42,6 +47,7 @@ class Limiter:
         self._running: dict[str, int] = {}
         self._total = 0
         self.rejected = 0
+        self.stalls = StallWatch(settings.stall_timeout_s)
 
     def admit(self, caller: Caller) -> None:
         """Take one request token for the caller (admins are not rate limited)."""
@@ -57,36 +63,50 @@ class Limiter:
                     f"rate limit of {self.settings.rate_per_s:g} requests/s for {caller.subject} exceeded; slow down"
                 )
 
+    @staticmethod
+    def owner(caller: Caller, peer: str = "") -> str:
+        """Whom a slot counts against: the token's subject; without authentication, the connection."""
+        return f"{caller.subject}@{peer}" if caller == LOOPBACK_ADMIN else caller.subject
+
     @contextmanager
-    def slot(self, caller: Caller) -> Iterator[None]:
+    def slot(self, caller: Caller, peer: str = "") -> Iterator[None]:
         """Hold a query slot for the caller while the block runs."""
-        self.acquire(caller)
+        self.acquire(caller, peer)
         try:
             yield
         finally:
-            self.release(caller)
+            self.release(caller, peer)
 
-    def acquire(self, caller: Caller) -> None:
-        per_caller = self.settings.max_concurrent_per_caller
+    def acquire(self, caller: Caller, peer: str = "") -> None:
+        """Take a slot, waiting up to the queue timeout; RESOURCE_EXHAUSTED after that."""
+        per_caller, total = self.settings.max_concurrent_per_caller, self.settings.max_concurrent_total
+        owner = self.owner(caller, peer)
         deadline = time.monotonic() + self.settings.queue_timeout_s
         with self._lock:
-            while self._total >= self.settings.max_concurrent_total or (
-                caller.role != "admin" and self._running.get(caller.subject, 0) >= per_caller
-            ):
+            while self._total >= total or self._running.get(owner, 0) >= per_caller:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     self.rejected += 1
+                    if self._running.get(owner, 0) >= per_caller:
+                        raise ResourceExhausted(
+                            f"too many concurrent queries of yours (at most {per_caller} per caller); "
+                            "finish or cancel one, then retry"
+                        )
                     raise ResourceExhausted(
-                        f"too many concurrent queries (at most {per_caller} per caller, "
-                        f"{self.settings.max_concurrent_total} in total); retry shortly"
+                        f"too many concurrent queries on this server (at most {total} in total); retry shortly"
                     )
                 self._lock.wait(left)
-            self._running[caller.subject] = self._running.get(caller.subject, 0) + 1
+            self._running[owner] = self._running.get(owner, 0) + 1
             self._total += 1
 
-    def release(self, caller: Caller) -> None:
+    def release(self, caller: Caller, peer: str = "") -> None:
+        owner = self.owner(caller, peer)
         with self._lock:
-            self._running[caller.subject] = max(0, self._running.get(caller.subject, 1) - 1)
+            held = self._running.get(owner, 1) - 1
+            if held > 0:
+                self._running[owner] = held
+            else:
+                self._running.pop(owner, None)  # connections come and go: keep no entry per one
             self._total = max(0, self._total - 1)
             self._lock.notify_all()
 
@@ -96,4 +116,8 @@ class Limiter:
 
     def stats(self) -> dict[str, Any]:
         with self._lock:
-            return {"running": self._total, "rejected": self.rejected, "callers": len(self._buckets)}
+            out = {"running": self._total, "rejected": self.rejected, "callers": len(self._buckets)}
+        return {**out, **self.stalls.stats()}
+
+    def close(self) -> None:
+        self.stalls.close()

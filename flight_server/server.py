@@ -38,6 +38,7 @@ from flight_server.security import (
     tls_options,
 )
 from flight_server.settings import Settings
+from flight_server.stalls import WatchedStream
 
 logger = logging.getLogger(__name__)
 
@@ -176,7 +177,7 @@ class ChronoFlightServer(flight.FlightServerBase):  # type: ignore[misc]
             if isinstance(target, Plan):
                 return self._serve(context, ctx, target, client_types=True)
             if isinstance(target, BoundRun):
-                return flight.GeneratorStream(target.schema, self._stream_bound(ctx, target))
+                return self._stream_bound(ctx, target)
             budget = _Budget.for_caller(ctx.caller, self.app.settings)
             for batch in target.to_batches():
                 budget.spend(batch)
@@ -189,12 +190,12 @@ class ChronoFlightServer(flight.FlightServerBase):  # type: ignore[misc]
         self, context: flight.ServerCallContext, ctx: RequestContext, plan: Plan, client_types: bool = False
     ) -> flight.FlightDataStream:
         """Open a plan's result (a client that goes away meanwhile stops it) and stream it."""
-        self.app.limits.acquire(ctx.caller)
+        self.app.limits.acquire(ctx.caller, ctx.peer)
         self.app.running.watch_client(plan.query_id, context.is_cancelled)
         try:
             result = self.app.executor.open(plan, ctx)
         except BaseException:
-            self.app.limits.release(ctx.caller)
+            self.app.limits.release(ctx.caller, ctx.peer)
             raise
         finally:
             self.app.running.unwatch_client(plan.query_id)
@@ -202,67 +203,100 @@ class ChronoFlightServer(flight.FlightServerBase):  # type: ignore[misc]
             result = conform_result(result)
         context.add_header("x-chrono-cache", result.cache)
         context.add_header("x-chrono-query-id", plan.query_id)
-        return flight.GeneratorStream(result.schema, self._stream(ctx, result))
 
-    def _stream(self, ctx: RequestContext, result: OpenResult) -> Iterator[Any]:
-        """First batch with the metadata, then the rest, every batch cut to the message bound.
+        def end() -> None:  # once: when the stream ends, or when its client stopped reading
+            try:
+                result.batches.clear()
+                result.close()
+            finally:
+                self.app.limits.release(ctx.caller, ctx.peer)
 
-        Batches are cut by `bounded_batches` (zero-copy slices, flight_server.batching)
-        so that no message exceeds `FLIGHT_MAX_MESSAGE_BYTES`. Non-admin results are
-        held to the row and byte limits: batches in hand are counted here, and a stream
-        that goes on past them is counted batch by batch as it is read.
+        watched = self.app.limits.stalls.watch(end, plan.query_id)
+        return flight.GeneratorStream(result.schema, self._stream(ctx, result, watched))
+
+    def _stream(self, ctx: RequestContext, result: OpenResult, watched: WatchedStream) -> Iterator[Any]:
+        """The result's batches, each watched while the writer holds it (flight_server.stalls).
+
+        The query's resources and slot go when the stream ends, or as soon as its client
+        has stopped reading for the stall timeout. Every batch is cut to the message bound
+        (`bounded_batches`: zero-copy slices, flight_server.batching), so that no message
+        exceeds `FLIGHT_MAX_MESSAGE_BYTES`.
         """
-        metadata = pa.py_buffer(_metadata_bytes(result.metadata()))
         status = "cancelled"
-        budget = _Budget.for_caller(ctx.caller, self.app.settings)
-        bound = self.app.settings.max_message_bytes
-        sent = {"rows": 0, "bytes": 0}  # as read from the result; what the client got when "ok"
+        sent = {"rows": 0, "bytes": 0}
         try:
-            for batch in result.batches:
-                budget.spend(batch)
-                sent["rows"] += batch.num_rows
-                sent["bytes"] += batch.nbytes
-            pieces = list(bounded_batches(result.batches, bound))
-            yield (pieces[0] if pieces else _empty_batch(result.schema)), metadata
-            if len(pieces) > 1:
-                yield pa.Table.from_batches(pieces[1:], schema=result.schema)
-            if result.running is not None:
-                for batch in _read(result.running):
-                    budget.spend(batch)
-                    sent["rows"] += batch.num_rows
-                    sent["bytes"] += batch.nbytes
-                    yield pa.Table.from_batches(list(bounded_batches([batch], bound)), schema=result.schema)
+            yield from watched.items(self._batches(ctx, result, sent))
             status = "ok"
         except ChronoError as exc:
             status = exc.status
             raise to_flight_error(exc) from None
         finally:
-            result.close()
-            self.app.limits.release(ctx.caller)
             self._log(ctx, result.plan.label, status, engine=result.plan.engine, cache=result.cache, **sent)
 
-    def _stream_bound(self, ctx: RequestContext, run: BoundRun) -> Iterator[pa.RecordBatch]:
-        """A prepared statement bound to many rows, row by row, held to the caller's result budget.
+    def _stream_bound(self, ctx: RequestContext, run: BoundRun) -> flight.FlightDataStream:
+        """A prepared statement bound to many rows, streamed row by row and watched for stalls
+        like any other stream (`run.stop` ends it from outside)."""
+        watched = self.app.limits.stalls.watch(run.stop, ctx.query_id)
+        return flight.GeneratorStream(run.schema, self._bound_stream(ctx, run, watched))
+
+    def _bound_stream(self, ctx: RequestContext, run: BoundRun, watched: WatchedStream) -> Iterator[Any]:
+        status, sent = "cancelled", {"rows": 0, "bytes": 0}
+        try:
+            yield from watched.items(self._bound_batches(ctx, run, sent))
+            status = "ok"
+        except ChronoError as exc:
+            status = exc.status
+            raise to_flight_error(exc) from None
+        finally:
+            self._log(ctx, "prepared.rows", status, parameter_rows=run.rows, **sent)
+
+    def _bound_batches(self, ctx: RequestContext, run: BoundRun, sent: dict[str, int]) -> Iterator[pa.RecordBatch]:
+        """The run's batches, held to the caller's result budget, each cut to the message bound.
 
         The budget is spent on each batch as it is produced: the run stops with
         RESOURCE_EXHAUSTED at the first batch past it, before any further row runs.
         """
         budget = _Budget.for_caller(ctx.caller, self.app.settings)
-        status, sent = "cancelled", {"rows": 0, "bytes": 0}
         batches = run.batches()
         try:
             for batch in batches:
                 budget.spend(batch)
                 sent["rows"] += batch.num_rows
                 sent["bytes"] += batch.nbytes
-                yield batch
-            status = "ok"
-        except Exception as exc:
-            status = exc.status if isinstance(exc, ChronoError) else "internal"
-            raise to_flight_error(exc) from None
+                yield from bounded_batches([batch], self.app.settings.max_message_bytes)
         finally:
             batches.close()
-            self._log(ctx, "prepared.rows", status, parameter_rows=run.rows, **sent)
+
+    def _batches(self, ctx: RequestContext, result: OpenResult, sent: dict[str, int]) -> Iterator[Any]:
+        """First batch with the metadata, then the rest, each cut to the message bound, counted into `sent`.
+
+        Non-admin results are held to the row and byte limits: batches in hand are
+        counted before anything is sent, and a live reader batch by batch. Batches in
+        hand are dropped as they are handed on.
+        """
+        metadata = pa.py_buffer(_metadata_bytes(result.metadata()))
+        budget = _Budget.for_caller(ctx.caller, self.app.settings)
+        bound = self.app.settings.max_message_bytes
+        for batch in result.batches:
+            budget.spend(batch)
+        held = result.batches
+        first = True
+        while held:
+            batch = held.pop(0)
+            sent["rows"] += batch.num_rows
+            sent["bytes"] += batch.nbytes
+            for piece in bounded_batches([batch], bound):
+                yield (piece, metadata) if first else piece
+                first = False
+        if first:
+            yield _empty_batch(result.schema), metadata
+        if result.running is None:
+            return
+        for batch in _read(result.running):
+            budget.spend(batch)
+            sent["rows"] += batch.num_rows
+            sent["bytes"] += batch.nbytes
+            yield from bounded_batches([batch], bound)
 
     def do_put(
         self,

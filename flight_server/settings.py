@@ -152,9 +152,14 @@ class AuthSettings(BaseModel):
 class LimitSettings(BaseModel):
     rate_per_s: float = Field(100.0, ge=0, description="requests per second per caller (token bucket; 0 = no limit)")
     burst: float = Field(200.0, ge=1, description="requests a caller may send at once before the rate applies")
-    max_concurrent_per_caller: int = Field(4, ge=1, description="queries one caller may run at once (admins exempt)")
+    max_concurrent_per_caller: int = Field(
+        4, ge=1, description="queries one caller may run at once, admins included (without auth: per connection)"
+    )
     max_concurrent_total: int = Field(16, ge=1, description="queries the server runs at once")
     queue_timeout_s: float = Field(5.0, ge=0, description="seconds a query waits for a slot before RESOURCE_EXHAUSTED")
+    stall_timeout_s: float = Field(
+        60.0, gt=0, description="seconds a stream may wait on a client that stopped reading before it is ended"
+    )
     max_result_rows: int = Field(10_000_000, ge=1, description="most rows of one result for non-admins")
     max_result_bytes: int = Field(2 * 1024**3, ge=1, description="most Arrow bytes of one result for non-admins")
     max_generated_length: int = Field(

@@ -87,11 +87,13 @@ def test_cache_invalidate_by_query_pattern(server: ServerHandle) -> None:
 
 
 def test_cache_invalidate_rejects_bad_bodies(server: ServerHandle) -> None:
-    with pytest.raises(pa.ArrowInvalid):
+    with pytest.raises(pa.ArrowInvalid, match=r"cache\.invalidate needs \{\"tables\": \[\.\.\.\]\}"):
         server.action("cache.invalidate", {})
-    with pytest.raises(pa.ArrowKeyError):
+    with pytest.raises(pa.ArrowInvalid, match="'tables' must be a list of table names"):
+        server.action("cache.invalidate", {"tables": "cdx_records"})
+    with pytest.raises(pa.ArrowKeyError, match="unknown table 'nope'"):
         server.action("cache.invalidate", {"tables": ["nope"]})
-    with pytest.raises(pa.ArrowKeyError):
+    with pytest.raises(pa.ArrowKeyError, match=r"no named query matches 'zzz\.\*'"):
         server.action("cache.invalidate", {"queries": "zzz.*"})
 
 

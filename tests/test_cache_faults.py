@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 import pyarrow.flight as flight
 import pytest
 import redis
@@ -205,3 +206,96 @@ def test_cache_faults_corrupt_entry_is_dropped(
     assert (rows, status) == (5, "miss")
     assert cached_server.action("cache.stats")["l2"]["corrupt_entries"] == 1
     assert _status(cached_server, TOP)[1] == "hit-l2"  # stored afresh
+
+
+# -- Redis restarted empty: data versions never go back ---------------------------------------
+
+COUNT = {"sql": "SELECT count(*) AS n FROM cdx_records"}
+
+
+def _answer(handle: ServerHandle, command: dict[str, Any]) -> tuple[Any, str]:
+    """The first value of the result and the cache status."""
+    reader = handle.client.do_get(flight.Ticket(json.dumps(command).encode()))
+    first = reader.read_chunk()
+    reader.read_all()
+    return first.data.column(0)[0].as_py(), json.loads(first.app_metadata.to_pybytes())["cache"]
+
+
+def _through_redis(handle: ServerHandle, command: dict[str, Any]) -> list[tuple[Any, str]]:
+    """Run `command` until a run reaches Redis without a fault; every (value, status) on the way."""
+    runs = []
+
+    def clean_run() -> bool:
+        before = handle.action("cache.stats")["l2"]
+        runs.append(_answer(handle, command))
+        after = handle.action("cache.stats")["l2"]
+        return all(after[k] == before[k] for k in ("errors", "skipped_while_open"))
+
+    wait_for(clean_run, 30, f"redis never answered again: {runs}")
+    return runs
+
+
+def _put_one_capture(handle: ServerHandle) -> None:
+    row = pa.table(
+        {
+            "id": ["epoch-0"],
+            "domain": ["epoch.example"],
+            "original_url": ["https://epoch.example/"],
+            "unix_timestamp": pa.array([1_714_521_600], pa.int64()),
+            "status_code": pa.array([200], pa.int32()),
+        }
+    )
+    writer, acks = handle.client.do_put(flight.FlightDescriptor.for_path("cdx_records"), row.schema)
+    writer.write_table(row)
+    writer.done_writing()
+    assert acks.read() is not None
+    writer.close()
+
+
+def _l1_server(data_dir: Path, redis_url: str, rows: int) -> ServerHandle:
+    return start_server(
+        data_dir,
+        rows=rows,
+        cache=CacheSettings(warm_top_n=0),  # L1 on: it holds results of the old versions
+        redis=RedisSettings(url=redis_url, socket_timeout_s=0.2, breaker_failures=2, breaker_open_s=0.5),
+    )
+
+
+def test_cache_faults_redis_restarted_empty_never_serves_an_older_version(
+    tmp_path: Path, private_redis: RedisProcess
+) -> None:
+    handle = _l1_server(tmp_path / "data", private_redis.url, 20_000)
+    try:
+        assert _answer(handle, COUNT) == (20_000, "miss")
+        assert _answer(handle, COUNT) == (20_000, "hit-l1")
+        _put_one_capture(handle)
+        assert _answer(handle, COUNT) == (20_001, "miss")
+        private_redis.stop()
+        private_redis.start()  # empty: the data-version counters start again from nothing
+        runs = _through_redis(handle, COUNT)
+        runs += [_answer(handle, COUNT) for _ in range(3)]
+        assert {value for value, _ in runs} == {20_001}, runs
+        assert runs[-1] == (20_001, "hit-l1")  # caching resumed under the new epoch
+    finally:
+        stop_server(handle)
+
+
+def test_cache_faults_servers_sharing_redis_converge_on_its_new_epoch(
+    tmp_path: Path, private_redis: RedisProcess
+) -> None:
+    first = _l1_server(tmp_path / "first", private_redis.url, 0)
+    second = _l1_server(tmp_path / "second", private_redis.url, 0)
+    command = {"sql": "SELECT 42 AS answer"}
+    try:
+        assert _answer(first, command) == (42, "miss")
+        assert _answer(second, command) == (42, "hit-l2")  # one key for both servers
+        assert _answer(second, command) == (42, "hit-l1")
+        private_redis.stop()
+        private_redis.start()
+        assert _through_redis(first, command)[-1] == (42, "miss")  # stored under the new epoch
+        # the second server finds the first one's entry, not the one its memory holds from before
+        assert _through_redis(second, command)[-1] == (42, "hit-l2")
+        assert second.action("cache.stats")["version_epochs"] == 1
+    finally:
+        stop_server(first)
+        stop_server(second)

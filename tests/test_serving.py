@@ -126,7 +126,10 @@ def test_serving_sigterm_during_a_large_doget_finishes_it_and_exits_0(
     _wait(lambda: _health(health_port) != health_pb2.HealthCheckResponse.SERVING)
     with pytest.raises(flight.FlightUnavailableError, match="server is shutting down"):
         client.get_flight_info(flight.FlightDescriptor.for_command(json.dumps({"sql": "SELECT 1"}).encode()))
-    assert proc.poll() is None  # still draining: the stream is in flight (read whole below)
+    _wait(lambda: any("draining: new calls are refused" in line for line in lines))
+    # the result is far larger than what flow control lets through unread: the drain waits for it
+    assert proc.poll() is None
+    assert not any('"msg": "stopped"' in line for line in lines)
     for chunk in reader:
         rows += chunk.data.num_rows
     assert rows == ROWS * COPIES
@@ -156,11 +159,15 @@ def test_serving_drain_timeout_bounds_a_stream_nobody_reads(
     reader = client.do_get(flight.Ticket(json.dumps(BIG).encode()))
     reader.read_chunk()  # then stop reading: the server blocks on flow control
     proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=40) == 0  # generous: the drain timeout, not the machine, ends the wait
-    with pytest.raises(flight.FlightError):
+    assert proc.wait(timeout=120) == 0  # generous: a loaded machine is slow, and no timing is asserted
+    with pytest.raises(flight.FlightUnavailableError, match=r"(?i)socket closed|connection"):
         reader.read_all()
     client.close()
-    assert any('"drain timeout passed' in line for line in lines)
+    log = [json.loads(line) for line in lines if line.startswith("{")]
+    gave_up = [entry for entry in log if entry.get("msg") == "drain timeout passed; cancelling what still runs"]
+    assert gave_up and gave_up[0]["queries"] == 1  # the unread stream's query was cancelled
+    stopped = [entry for entry in log if entry.get("msg") == "stopped"]
+    assert stopped and stopped[0]["drained"] is False  # stopped without waiting for the stream
 
 
 def test_serving_second_signal_exits_without_waiting(data_dir: Path, served: list[subprocess.Popen[str]]) -> None:

@@ -124,13 +124,35 @@ class BoundRun:
         self.rows = rows
         self._open_row = open_row
         self._acquire, self._release = slot
+        self._lock = threading.Lock()
+        self._current: OpenResult | None = None
+        self._held = False  # the slot, taken by `batches` and given back once
+
+    def stop(self) -> None:
+        """End the run from outside (its client stopped reading): the open row's query is
+        closed and the slot given back; the generator, resumed later, only unwinds."""
+        with self._lock:
+            current = self._current
+        if current is not None:
+            current.close()
+        self._give_back()
+
+    def _give_back(self) -> None:
+        with self._lock:
+            held, self._held = self._held, False
+        if held:
+            self._release()
 
     def batches(self) -> Generator[pa.RecordBatch, None, None]:
         """Every row's result batches, in order; closing the iterator stops the run."""
         self._acquire()
+        with self._lock:
+            self._held = True
         try:
             for index in range(self.rows):
                 result = self._open_row(index)
+                with self._lock:
+                    self._current = result
                 try:
                     for batch in result.batches:
                         yield self._cast(batch, index)
@@ -144,9 +166,11 @@ class BoundRun:
                             raise running.translate(exc) from None
                         yield self._cast(batch, index)
                 finally:
+                    with self._lock:
+                        self._current = None
                     result.close()
         finally:
-            self._release()
+            self._give_back()
 
     def _cast(self, batch: pa.RecordBatch, index: int) -> pa.RecordBatch:
         if batch.schema.equals(self.schema):

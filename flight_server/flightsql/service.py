@@ -136,7 +136,10 @@ class FlightSqlService:
             plan = first if index == 0 else executor.plan(commands[index], ctx)
             return conform_result(executor.open(plan, ctx))
 
-        slot = (lambda: self.app.limits.acquire(ctx.caller), lambda: self.app.limits.release(ctx.caller))
+        slot = (
+            lambda: self.app.limits.acquire(ctx.caller, ctx.peer),
+            lambda: self.app.limits.release(ctx.caller, ctx.peer),
+        )
         return BoundRun(schema, len(commands), open_row, slot)
 
     # -- DoPut -------------------------------------------------------------------------
