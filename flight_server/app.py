@@ -135,6 +135,7 @@ class App:
         self.router = Router(self.registry, self.engines, breakers)
         self.auth = Authenticator(settings.auth, self._lookup_user)
         self.limits = Limiter(settings.limits)
+        unwind.callback(self.limits.close)
         self.audit = AuditLog(settings.postgres.uri)
         unwind.callback(self.audit.close)
         self._configured_users = configured_users(settings.auth.users_file)
