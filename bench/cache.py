@@ -47,7 +47,7 @@ import pyarrow as pa
 import pyarrow.flight as flight
 import redis
 
-from flight_server.cache_redis import _HEADER, COMPRESSIONS, decode_table, encode_table
+from flight_server.cache.redis_store import _HEADER, COMPRESSIONS, decode_table, encode_table
 from flight_server.settings import RedisSettings
 
 from bench import common

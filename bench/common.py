@@ -181,7 +181,7 @@ def _compact(value: Any) -> str:
 def _fingerprint(rows: int) -> str:
     """What decides the data set: the rows, the seed, the generator and the DDL."""
     digest = hashlib.sha256(f"{rows}:{SEED}".encode())
-    for path in (PROJECT_ROOT / "flight_server" / "demo.py", PROJECT_ROOT / "schemas" / "duckdb.sql"):
+    for path in (PROJECT_ROOT / "flight_server" / "demo" / "analytics.py", PROJECT_ROOT / "schemas" / "duckdb.sql"):
         digest.update(path.read_bytes())
     return digest.hexdigest()[:16]
 
@@ -191,7 +191,7 @@ def server_command() -> list[str]:
     script = Path(sys.executable).parent / "flight-server"
     if script.exists():
         return [str(script)]
-    return [sys.executable, "-m", "flight_server.cli"]
+    return [sys.executable, "-m", "flight_server.cli.main"]
 
 
 def server_env(data_dir: Path, port: int, extra: Mapping[str, str] | None = None) -> dict[str, str]:

@@ -40,7 +40,7 @@ import psutil
 import pyarrow as pa
 
 from chrono_flight_client import ChronoFlightClient
-from flight_server.demo import generate_demo_data
+from flight_server.demo.analytics import generate_demo_data
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = Path(__file__).resolve().parent / "results"

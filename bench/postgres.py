@@ -48,8 +48,8 @@ import duckdb
 import pyarrow as pa
 import pyarrow.flight as flight
 
-from flight_server import oltp
 from flight_server.catalog import NamedQuery, load_catalog
+from flight_server.engines import postgres_schema as oltp
 
 from bench import common
 from bench.common import (

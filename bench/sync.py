@@ -37,7 +37,7 @@ import adbc_driver_postgresql.dbapi as pg
 import duckdb
 import pyarrow.flight as flight
 
-from flight_server import oltp
+from flight_server.engines import postgres_schema as oltp
 
 from bench import common
 from bench.common import RESULTS_DIR, SEED, FlightServer, Result, log, machine_info, median, percentile, prepare_data

@@ -18,7 +18,7 @@ class ActionSpec:
     name: str
     description: str
     handler: Callable[[App, RequestContext, bytes], Any]
-    permission: str = "metadata"  # what the caller's role must allow (flight_server.auth.PERMISSIONS)
+    permission: str = "metadata"  # what the caller's role must allow (flight_server.security.auth.PERMISSIONS)
 
 
 def _json_body(body: bytes) -> dict[str, Any]:

@@ -14,37 +14,38 @@ from typing import Any
 import duckdb
 from sqlglot.errors import SqlglotError
 
-from flight_server import __version__, oltp
-from flight_server.access import load_access
-from flight_server.audit import AuditLog
-from flight_server.auth import Authenticator, Credentials
-from flight_server.breaker import CircuitBreaker
-from flight_server.cache import build_cache
+from flight_server import __version__
+from flight_server.cache.tiered import build_cache
+from flight_server.cache.warming import CacheWarmer
 from flight_server.catalog import load_catalog
 from flight_server.context import RunningQueries
-from flight_server.datasets import DatasetRegistry
+from flight_server.engines import postgres_schema as oltp
 from flight_server.engines.base import Engine
+from flight_server.engines.breaker import CircuitBreaker
 from flight_server.engines.duckdb import DuckDBEngine
+from flight_server.engines.hybrid import HybridRunner
 from flight_server.engines.postgres import PostgresEngine
+from flight_server.engines.postgres_setup import PostgresSetup
 from flight_server.errors import one_line
 from flight_server.executor import QueryExecutor
-from flight_server.hybrid import HybridRunner
-from flight_server.ingest import IngestService
-from flight_server.lifecycle import Lifecycle
-from flight_server.limits import Limiter
-from flight_server.live import LiveMetrics
-from flight_server.metrics import Metrics
-from flight_server.postgres_setup import PostgresSetup
+from flight_server.ingest.datasets import DatasetRegistry
+from flight_server.ingest.service import IngestService
+from flight_server.ops.lifecycle import Lifecycle
+from flight_server.ops.live import LiveMetrics
+from flight_server.ops.metrics import Metrics
+from flight_server.ops.resources import ResourceMonitor
 from flight_server.replicas import ReplicaRouter
-from flight_server.resources import ResourceMonitor
 from flight_server.router import Router, TableRegistry
-from flight_server.security import configured_users
+from flight_server.security.access import load_access
+from flight_server.security.audit import AuditLog
+from flight_server.security.auth import Authenticator, Credentials
+from flight_server.security.limits import Limiter
+from flight_server.security.middleware import configured_users
 from flight_server.settings import Settings
 from flight_server.startup import StartupError
 from flight_server.sync.replica import ReplicaStore
 from flight_server.sync.service import SyncService
 from flight_server.sync.source import ChangeSource
-from flight_server.warming import CacheWarmer
 
 logger = logging.getLogger(__name__)
 

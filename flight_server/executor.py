@@ -22,21 +22,21 @@ from typing import Any, Generic, TypeVar
 import pyarrow as pa
 import sqlglot
 
-from flight_server.access import AccessPolicy
-from flight_server.audit import fingerprint
-from flight_server.cache import CacheKey, TieredCache, cache_key, route_version, table_version
+from flight_server.cache.tiered import CacheKey, TieredCache, cache_key, route_version, table_version
 from flight_server.catalog import Catalog, NamedQuery, check_columns
 from flight_server.commands import Command
 from flight_server.context import Caller, RequestContext
 from flight_server.engines.base import Engine, QueryResult
+from flight_server.engines.hybrid import HybridRunner, to_postgres
 from flight_server.errors import NotFound, PermissionDenied, Unavailable, one_line
-from flight_server.hybrid import HybridRunner, to_postgres
-from flight_server.limits import Limiter
 from flight_server.replicas import ReplicaChoice, ReplicaRouter
 from flight_server.router import Route, Router
-from flight_server.scoping import PROJECT_COLUMNS, project_column, scope_sql
-from flight_server.security import require
-from flight_server.sqlguard import check_read_only
+from flight_server.security.access import AccessPolicy
+from flight_server.security.audit import fingerprint
+from flight_server.security.limits import Limiter
+from flight_server.security.middleware import require
+from flight_server.security.scoping import PROJECT_COLUMNS, project_column, scope_sql
+from flight_server.security.sqlguard import check_read_only
 
 logger = logging.getLogger(__name__)
 
@@ -169,7 +169,7 @@ class QueryExecutor:
     ) -> None:
         self.catalog = catalog
         self.access = access or AccessPolicy()
-        self.max_generated = max_generated  # see flight_server.sqlsize
+        self.max_generated = max_generated  # see flight_server.security.sqlsize
         self.limits = limits  # query slots, taken by `describe`
         self.engines = engines
         self.router = router
@@ -284,7 +284,7 @@ class QueryExecutor:
 
         Scoped callers read only their projects' rows. Raw SQL and datasets of
         non-admins read no admin-only table and no secret column; `SELECT *` reads no
-        secret column for anyone, and admins get the ones they name (flight_server.access).
+        secret column for anyone, and admins get the ones they name (flight_server.security.access).
         Named queries are declared by the catalogue and keep their SQL apart from scoping.
         """
         projects = caller.projects

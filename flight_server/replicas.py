@@ -5,7 +5,7 @@ runs on DuckDB instead when every PostgreSQL table it reads has a replica whose
 staleness is within the caller's `max_staleness_s` (or `FLIGHT_SYNC__MAX_STALENESS_S`)
 and the query is analytical: lookups by key, an explicit engine hint `postgres`, a
 bound of 0 and queries that name a secret column (which replicas never hold, see
-flight_server.access) stay on PostgreSQL. The hint
+flight_server.security.access) stay on PostgreSQL. The hint
 `duckdb` asks for the replicas whatever the query (within a bound, when one is given).
 When
 PostgreSQL is unavailable, a query that did not ask for a bound is answered from the
@@ -23,7 +23,7 @@ from sqlglot import exp
 
 from flight_server.errors import InvalidArgument, Unavailable
 from flight_server.router import TableRegistry, query_shape
-from flight_server.sqltables import table_references
+from flight_server.security.sqltables import table_references
 from flight_server.sync.replica import SCHEMA
 
 if TYPE_CHECKING:

@@ -18,7 +18,7 @@ from typing import Any
 
 from sqlglot import exp
 
-from flight_server.breaker import CircuitBreaker
+from flight_server.engines.breaker import CircuitBreaker
 from flight_server.errors import InvalidArgument, Unavailable
 
 ENGINE_ORDER = ("duckdb", "postgres")

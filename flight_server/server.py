@@ -28,8 +28,8 @@ from flight_server.flightsql.prepared import BoundRun
 from flight_server.flightsql.protocol import unpack_command
 from flight_server.flightsql.service import FlightSqlService
 from flight_server.flightsql.types import conform_result
-from flight_server.live import parse_subscription
-from flight_server.security import (
+from flight_server.ops.live import parse_subscription
+from flight_server.security.middleware import (
     HeaderAuthHandler,
     caller_of,
     check_bind_address,
@@ -38,7 +38,7 @@ from flight_server.security import (
     tls_options,
 )
 from flight_server.settings import Settings
-from flight_server.stalls import WatchedStream
+from flight_server.streaming import WatchedStream
 
 logger = logging.getLogger(__name__)
 
@@ -215,7 +215,7 @@ class ChronoFlightServer(flight.FlightServerBase):  # type: ignore[misc]
         return flight.GeneratorStream(result.schema, self._stream(ctx, result, watched))
 
     def _stream(self, ctx: RequestContext, result: OpenResult, watched: WatchedStream) -> Iterator[Any]:
-        """The result's batches, each watched while the writer holds it (flight_server.stalls).
+        """The result's batches, each watched while the writer holds it (flight_server.streaming).
 
         The query's resources and slot go when the stream ends, or as soon as its client
         has stopped reading for the stall timeout. Every batch is cut to the message bound
@@ -348,7 +348,7 @@ class ChronoFlightServer(flight.FlightServerBase):  # type: ignore[misc]
             counts = self.app.duckdb.row_counts()
             for name, engine in sorted(self.app.registry.tables().items()):
                 schema = self.app.engines[engine].schema(f'SELECT * FROM "{name}"', None)
-                secret = self.app.access.secret.get(name, frozenset())  # never shown (flight_server.access)
+                secret = self.app.access.secret.get(name, frozenset())  # never shown (flight_server.security.access)
                 schema = pa.schema([f for f in schema if f.name not in secret], metadata=schema.metadata)
                 ticket = flight.Ticket(json.dumps({"dataset": name}).encode())
                 metadata = {"kind": "dataset", "name": name, "engine": engine, "rows": counts.get(name)}

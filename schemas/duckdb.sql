@@ -5,7 +5,7 @@
 --
 -- The tables live in the schema `base`; queries read the views `main.<table>`, which
 -- the server re-creates at start-up and after each put as the base table UNION ALL BY
--- NAME the dataset's ingested Parquet files (see flight_server/datasets.py).
+-- NAME the dataset's ingested Parquet files (see flight_server/ingest/datasets.py).
 
 CREATE SCHEMA IF NOT EXISTS base;
 

@@ -70,7 +70,7 @@ CREATE TABLE IF NOT EXISTS audit_logs (
 );
 CREATE INDEX IF NOT EXISTS audit_logs_timestamp ON audit_logs (timestamp);
 
--- Access policy. The server reads these comments (flight_server/access.py) and so does
+-- Access policy. The server reads these comments (flight_server/security/access.py) and so does
 -- postgres_roles.sql: a column whose comment starts with 'secret' is never returned to a
 -- non-admin caller, never granted to the reader role and never copied into the DuckDB
 -- replicas; a table whose comment starts with 'admin-only' is read through raw SQL and

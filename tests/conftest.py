@@ -16,9 +16,9 @@ import pyarrow as pa
 import pyarrow.flight as flight
 import pytest
 
-from flight_server import oltp
 from flight_server.app import App
-from flight_server.demo import generate_demo_data
+from flight_server.demo.analytics import generate_demo_data
+from flight_server.engines import postgres_schema as oltp
 from flight_server.server import ChronoFlightServer
 from flight_server.settings import CacheSettings, DuckDBSettings, PostgresSettings, Settings, SyncSettings
 

@@ -8,7 +8,7 @@ import logging
 import adbc_driver_postgresql.dbapi as pg
 import pytest
 
-from flight_server.audit import AuditLog, fingerprint
+from flight_server.security.audit import AuditLog, fingerprint
 
 from conftest import ServerHandle
 

@@ -17,8 +17,8 @@ import redis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from flight_server.cache_memory import MemoryCache
-from flight_server.cache_redis import CorruptEntry, RedisStore, decode_table, encode_table
+from flight_server.cache.memory import MemoryCache
+from flight_server.cache.redis_store import CorruptEntry, RedisStore, decode_table, encode_table
 from flight_server.settings import CacheSettings, RedisSettings
 
 from conftest import ServerHandle, start_server, stop_server

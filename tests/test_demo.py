@@ -9,8 +9,8 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from flight_server import demo
-from flight_server.demo import DEMO_METRIC_TYPES, DEMO_PROJECTS, DemoSummary, demo_domains, generate_demo_data
+from flight_server.demo import analytics as demo
+from flight_server.demo.analytics import DEMO_METRIC_TYPES, DEMO_PROJECTS, DemoSummary, demo_domains, generate_demo_data
 
 SCHEMA = Path(__file__).resolve().parent.parent / "schemas" / "duckdb.sql"
 TABLES = ("cdx_records", "content_analytics", "performance_metrics")

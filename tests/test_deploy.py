@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import yaml
 
-from flight_server.cli import build_parser
+from flight_server.cli.main import build_parser
 from flight_server.settings import PROJECT_ROOT, Settings, settings_fields
 
 DOCKERFILE = (PROJECT_ROOT / "Dockerfile").read_text()

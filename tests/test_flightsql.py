@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.flight as flight
 import pytest
 
-from flight_server.demo import DEMO_PROJECTS
+from flight_server.demo.analytics import DEMO_PROJECTS
 from flight_server.flightsql import flight_cancel_pb2 as cancel_pb
 from flight_server.flightsql import flight_session_pb2 as session_pb
 from flight_server.flightsql import flight_sql_pb2 as sql

@@ -14,7 +14,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tcp_proxy import TcpProxy
 
-from flight_server.serving import Runner
+from flight_server.runner import Runner
 from flight_server.settings import CacheSettings, RedisSettings
 
 from conftest import (

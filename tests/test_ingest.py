@@ -25,7 +25,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from chrono_flight_client import ChronoFlightClient, InvalidArgument, NotFound
-from flight_server.datasets import MANIFEST
+from flight_server.ingest.datasets import MANIFEST
 from flight_server.settings import CacheSettings, IngestSettings
 
 from conftest import ServerHandle, start_server, stop_server
@@ -536,7 +536,7 @@ def test_ingest_sink_continues_partitions_past_the_open_file_limit(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """More partitions than open spill files: each still ends as one complete Parquet file."""
-    from flight_server import parquet_sink
+    from flight_server.ingest import parquet_sink
 
     monkeypatch.setattr(parquet_sink, "MAX_OPEN_FILES", 2)
     schema = pa.schema([("n", pa.int64())])

@@ -26,7 +26,7 @@ from chrono_flight_client import (
     InvalidArgument,
     ResourceExhausted,
 )
-from flight_server.datasets import MANIFEST
+from flight_server.ingest.datasets import MANIFEST
 from flight_server.settings import IngestSettings
 
 from conftest import ServerHandle, start_server, stop_server

@@ -11,7 +11,7 @@ import pyarrow as pa
 import pyarrow.flight as flight
 import pytest
 
-from flight_server.live import SCHEMA
+from flight_server.ops.live import SCHEMA
 
 from conftest import ServerHandle
 from support import wait_for

@@ -15,7 +15,7 @@ import pyarrow.flight as flight
 import pytest
 from tcp_proxy import TcpProxy
 
-from flight_server.auth import dummy_hash, hash_password
+from flight_server.security.auth import dummy_hash, hash_password
 from flight_server.settings import AuthSettings, CacheSettings
 
 from conftest import ServerHandle, start_server, stop_server

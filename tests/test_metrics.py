@@ -14,8 +14,8 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from flight_server.demo import generate_demo_data
-from flight_server.serving import Runner
+from flight_server.demo.analytics import generate_demo_data
+from flight_server.runner import Runner
 from flight_server.settings import PROJECT_ROOT, CacheSettings
 
 from conftest import DEMO_SEED, runner_settings

@@ -266,7 +266,7 @@ def test_postgres_select_star_leaves_secret_columns_out_for_admins_too(hybrid_se
 
 
 def test_postgres_reader_password_is_set_from_the_reader_uri(hybrid_server: ServerHandle) -> None:
-    from flight_server import oltp
+    from flight_server.engines import postgres_schema as oltp
 
     uri = hybrid_server.app.settings.postgres.uri
     assert uri is not None
@@ -281,7 +281,7 @@ def test_postgres_reader_password_is_set_from_the_reader_uri(hybrid_server: Serv
 
 
 def test_postgres_schema_and_seed_are_idempotent(hybrid_server: ServerHandle) -> None:
-    from flight_server import oltp
+    from flight_server.engines import postgres_schema as oltp
 
     uri = hybrid_server.app.settings.postgres.uri
     assert uri is not None

@@ -15,7 +15,7 @@ from sync_support import get_with_metadata, pg_exec, synced, wait_for
 from tcp_proxy import TcpProxy
 
 from flight_server.replicas import to_replicas
-from flight_server.scoping import scope_sql
+from flight_server.security.scoping import scope_sql
 from flight_server.settings import CacheSettings, PostgresSettings, SyncSettings
 
 from conftest import ServerHandle, create_database, drop_database, pg_settings, start_server, stop_server

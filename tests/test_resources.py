@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from flight_server.resources import MIN_CPU_WINDOW_S, CpuMeter, ResourceMonitor, parse_size
+from flight_server.ops.resources import MIN_CPU_WINDOW_S, CpuMeter, ResourceMonitor, parse_size
 
 
 @pytest.fixture

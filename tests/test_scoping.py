@@ -10,8 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from flight_server.errors import InvalidArgument
-from flight_server.scoping import PROJECT_COLUMNS, scope_sql
-from flight_server.sqlguard import check_read_only
+from flight_server.security.scoping import PROJECT_COLUMNS, scope_sql
+from flight_server.security.sqlguard import check_read_only
 
 PROJECTS = ["p1", "p2", "p3", "p'4"]
 

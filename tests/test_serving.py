@@ -17,8 +17,8 @@ import pyarrow.flight as flight
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from flight_server.demo import generate_demo_data
-from flight_server.serving import Runner
+from flight_server.demo.analytics import generate_demo_data
+from flight_server.runner import Runner
 from flight_server.settings import CacheSettings
 
 from conftest import DEMO_SEED, runner_settings, serve_env

@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from flight_server.errors import InvalidArgument
-from flight_server.sqlguard import check_read_only
+from flight_server.security.sqlguard import check_read_only
 
 KNOWN = {"cdx_records", "content_analytics", "performance_metrics"}
 

@@ -25,9 +25,9 @@ import adbc_driver_manager
 import adbc_driver_postgresql.dbapi as pg
 import pyarrow as pa
 
-from flight_server.breaker import CircuitBreaker
 from flight_server.context import RunningQueries, RunningQuery
 from flight_server.engines.base import Params, QueryResult
+from flight_server.engines.breaker import CircuitBreaker
 from flight_server.errors import (
     Cancelled,
     ChronoError,

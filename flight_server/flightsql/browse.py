@@ -17,7 +17,7 @@ from flight_server.app import App
 from flight_server.context import RequestContext
 from flight_server.flightsql import flight_sql_pb2 as sql
 from flight_server.flightsql import metadata
-from flight_server.security import require
+from flight_server.security.middleware import require
 
 
 def _optional(message: Message, name: str) -> Any:

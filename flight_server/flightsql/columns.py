@@ -5,7 +5,7 @@ its result schema), and each field carries the `ARROW:FLIGHT:SQL:*` keys: catalo
 schema and table name, the engine's type name, precision and scale where they apply,
 and whether the column is auto-incremented, case sensitive, read-only (always: the
 server refuses updates) and searchable. Columns the schema marks secret
-(flight_server.access: `users.hashed_password`, `user_sessions.session_token`) are never
+(flight_server.security.access: `users.hashed_password`, `user_sessions.session_token`) are never
 part of a schema, whatever the caller or the database role.
 """
 

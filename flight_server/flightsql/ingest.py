@@ -13,7 +13,7 @@ out). The table definition options decide what happens:
 
 Every case is one put: written, fsynced and committed by the dataset manifest, so a
 failed or cancelled ingest leaves nothing visible. It is scoped as any put
-(ingest_scope.py): a non-admin caller appends rows of its own projects only, and may
+(ingest/write_scope.py): a non-admin caller appends rows of its own projects only, and may
 neither add columns to an existing table nor replace it. Temporary tables and
 transactions are refused: the server keeps no sessions.
 """
@@ -25,10 +25,10 @@ from typing import Any
 
 from flight_server.app import App
 from flight_server.context import Caller
-from flight_server.datasets import check_dataset_name
 from flight_server.errors import InvalidArgument, NotFound
 from flight_server.flightsql import flight_sql_pb2 as sql
 from flight_server.flightsql.statements import ENGINE_SCHEMAS
+from flight_server.ingest.datasets import check_dataset_name
 
 _Options = sql.CommandStatementIngest.TableDefinitionOptions
 

@@ -55,7 +55,7 @@ import pyarrow as pa
 
 from flight_server.context import RequestContext
 from flight_server.flightsql import catalogs, columns, keys, sql_info, xdbc
-from flight_server.security import require
+from flight_server.security.middleware import require
 
 if TYPE_CHECKING:
     from flight_server.app import App

@@ -31,7 +31,7 @@ from flight_server.flightsql.prepared import BoundRun, PreparedStatement, Prepar
 from flight_server.flightsql.protocol import pack, unpack_body, unpack_command
 from flight_server.flightsql.statements import bind_rows, parameter_schema, statement_command
 from flight_server.flightsql.types import client_schema, conform_result
-from flight_server.security import require
+from flight_server.security.middleware import require
 
 READ_ONLY = (
     "this server is read-only for SQL statements: send queries (SELECT), "

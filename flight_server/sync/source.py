@@ -19,8 +19,8 @@ from pathlib import Path
 import adbc_driver_postgresql.dbapi as pg
 import pyarrow as pa
 
-from flight_server.access import load_access
 from flight_server.engines.postgres import with_connect_timeout
+from flight_server.security.access import load_access
 
 logger = logging.getLogger(__name__)
 
@@ -64,7 +64,7 @@ class Snapshot:
 
     def __init__(self, cursor: pg.Cursor, secret: Mapping[str, frozenset[str]]) -> None:
         self._cur = cursor
-        self._secret = secret  # columns never copied out of PostgreSQL (flight_server.access)
+        self._secret = secret  # columns never copied out of PostgreSQL (flight_server.security.access)
         cursor.execute("SELECT pg_current_snapshot()::text, extract(epoch FROM clock_timestamp())")
         text, taken = cursor.fetchone()  # type: ignore[misc]
         self.text = str(text)

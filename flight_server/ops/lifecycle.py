@@ -3,7 +3,7 @@
 `DrainMiddlewareFactory` counts every Flight call from its start to its completion
 (streams included: a DoGet completes when its last batch is written) and, once the
 server drains, refuses new calls with UNAVAILABLE "server is shutting down". The
-shutdown sequence (serving.py) waits for the count to reach zero, up to a timeout.
+shutdown sequence (runner.py) waits for the count to reach zero, up to a timeout.
 """
 
 from __future__ import annotations

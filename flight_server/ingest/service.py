@@ -25,13 +25,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from flight_server.context import Caller
-from flight_server.datasets import (
-    DataFile,
-    Dataset,
-    DatasetRegistry,
-    check_dataset_name,
-    columns_fingerprint,
-)
 from flight_server.errors import (
     Cancelled,
     ChronoError,
@@ -41,9 +34,16 @@ from flight_server.errors import (
     ResourceExhausted,
     one_line,
 )
-from flight_server.ingest_schema import Conformer
-from flight_server.ingest_scope import WriteScope
-from flight_server.parquet_sink import ParquetSink
+from flight_server.ingest.conform import Conformer
+from flight_server.ingest.datasets import (
+    DataFile,
+    Dataset,
+    DatasetRegistry,
+    check_dataset_name,
+    columns_fingerprint,
+)
+from flight_server.ingest.parquet_sink import ParquetSink
+from flight_server.ingest.write_scope import WriteScope
 from flight_server.settings import IngestSettings
 
 logger = logging.getLogger(__name__)
@@ -157,7 +157,7 @@ class IngestService:
 
         `replace` swaps the dataset's files and schema for the put's in one commit
         (datasets without a base table only). What `caller` may write is checked before
-        the first batch is read, on every batch, and again at the commit (ingest_scope.py).
+        the first batch is read, on every batch, and again at the commit (write_scope.py).
         """
         self.datasets.sweep_retired()
         dataset = self.resolve(raw_name)

@@ -19,8 +19,8 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
-from flight_server.datasets import Dataset, Partitioning
 from flight_server.errors import InvalidArgument, one_line
+from flight_server.ingest.datasets import Dataset, Partitioning
 
 _EXTENSION_KEY = b"ARROW:extension:name"
 _MAX_NAME = 255

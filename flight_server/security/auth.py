@@ -31,7 +31,7 @@ import jwt
 
 from flight_server.context import Caller
 from flight_server.errors import Unauthenticated
-from flight_server.login_throttle import LoginThrottle
+from flight_server.security.login_throttle import LoginThrottle
 from flight_server.settings import AuthSettings
 
 logger = logging.getLogger(__name__)

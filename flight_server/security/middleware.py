@@ -28,9 +28,9 @@ from typing import Any
 
 import pyarrow.flight as flight
 
-from flight_server.auth import PERMISSIONS, Authenticator, Credentials
 from flight_server.context import Caller
 from flight_server.errors import ChronoError, PermissionDenied, Unauthenticated
+from flight_server.security.auth import PERMISSIONS, Authenticator, Credentials
 from flight_server.settings import Settings
 
 logger = logging.getLogger(__name__)

@@ -61,7 +61,7 @@ def _reach_postgres(settings: Settings) -> str | None:
     """The PostgreSQL URI with its schema applied, checked before any data changes."""
     import adbc_driver_manager
 
-    from flight_server import oltp
+    from flight_server.engines import postgres_schema as oltp
     from flight_server.engines.postgres import with_connect_timeout
     from flight_server.errors import one_line
 
@@ -86,8 +86,8 @@ def _fill_demo(con: duckdb.DuckDBPyConnection, settings: Settings, rows: int, se
     commit to the last. `serve --demo` with PostgreSQL unreachable fills DuckDB alone
     (the server starts without PostgreSQL); `demo-data` stops before changing anything.
     """
-    from flight_server import oltp
-    from flight_server.demo import generate_demo_data
+    from flight_server.demo.analytics import generate_demo_data
+    from flight_server.engines import postgres_schema as oltp
 
     try:
         uri = _reach_postgres(settings)
@@ -132,7 +132,7 @@ def _fill_demo(con: duckdb.DuckDBPyConnection, settings: Settings, rows: int, se
 
 
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
-    from flight_server.serving import Runner, run
+    from flight_server.runner import Runner, run
 
     def prepare(con: duckdb.DuckDBPyConnection) -> None:
         if args.demo:
@@ -156,7 +156,7 @@ def cmd_health_check(args: argparse.Namespace, settings: Settings) -> int:
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-    from flight_server.health import bind_address
+    from flight_server.ops.health import bind_address
 
     host = args.host or ("127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host)  # noqa: S104
     target = bind_address(host, args.port or settings.health_port)
@@ -174,7 +174,7 @@ def cmd_health_check(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_demo_data(args: argparse.Namespace, settings: Settings) -> int:
-    from flight_server.datasets import apply_schema
+    from flight_server.ingest.datasets import apply_schema
     from flight_server.startup import open_duckdb, prepare_data_dir
 
     prepare_data_dir(settings.data_dir)
@@ -188,26 +188,26 @@ def cmd_demo_data(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
-    from flight_server.cli_ingest import run_ingest
+    from flight_server.cli.ingest import run_ingest
 
     with _progress() as progress:
         return run_ingest(args, settings, progress)
 
 
 def cmd_query(args: argparse.Namespace, settings: Settings) -> int:
-    from flight_server.cli_query import run_query
+    from flight_server.cli.query import run_query
 
     return run_query(args, settings)
 
 
 def cmd_demo_tokens(args: argparse.Namespace, settings: Settings) -> int:
-    from flight_server.cli_tokens import run_demo_tokens
+    from flight_server.cli.tokens import run_demo_tokens
 
     return run_demo_tokens(args, settings)
 
 
 def cmd_sync(args: argparse.Namespace, settings: Settings) -> int:
-    from flight_server.cli_sync import run_sync
+    from flight_server.cli.sync import run_sync
 
     return run_sync(args, settings)
 
@@ -235,7 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=42, help="seed of the generator")
     demo.set_defaults(func=cmd_demo_data)
 
-    from flight_server.cli_tokens import add_parser as add_demo_tokens
+    from flight_server.cli.tokens import add_parser as add_demo_tokens
 
     add_demo_tokens(sub)
     sub.choices["demo-tokens"].set_defaults(func=cmd_demo_tokens)
@@ -272,7 +272,7 @@ def build_parser() -> argparse.ArgumentParser:
     ingest.add_argument("--token", help="bearer token, when the server requires one")
     ingest.set_defaults(func=cmd_ingest)
 
-    from flight_server.cli_sync import add_parser as add_sync
+    from flight_server.cli.sync import add_parser as add_sync
 
     add_sync(sub)
     sub.choices["sync"].set_defaults(func=cmd_sync)
@@ -300,7 +300,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         from pydantic import ValidationError
 
-        from flight_server.logs import configure_logging
+        from flight_server.ops.logs import configure_logging
         from flight_server.settings import Settings
         from flight_server.startup import settings_problem
 

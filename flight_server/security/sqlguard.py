@@ -3,7 +3,7 @@
 One statement, a query (SELECT, WITH, VALUES, PIVOT/UNPIVOT, set operations), reading
 only tables the server knows (or its own CTEs) and a short list of harmless table
 functions. Every table reference counts, wherever it sits in the tree (a scalar subquery
-of VALUES, the source of a PIVOT, a LATERAL join): `flight_server.sqltables` lists them,
+of VALUES, the source of a PIVOT, a LATERAL join): `flight_server.security.sqltables` lists them,
 and the same list is what scoping filters, so nothing is read that was not checked.
 DDL, DML, PRAGMA, SET, ATTACH, COPY, INSTALL/LOAD, EXPORT, every file or network
 function and PostgreSQL's functions that run SQL text or read server files are refused.
@@ -22,8 +22,8 @@ from sqlglot import exp
 from sqlglot.errors import ParseError, TokenError
 
 from flight_server.errors import InvalidArgument
-from flight_server.sqlsize import Params, check_generated_sizes
-from flight_server.sqltables import table_references
+from flight_server.security.sqlsize import Params, check_generated_sizes
+from flight_server.security.sqltables import table_references
 
 # Table functions a query may read from: they touch no file, network or setting.
 SAFE_TABLE_FUNCTIONS = frozenset({"range", "generate_series", "unnest"})
@@ -111,7 +111,7 @@ def check_read_only(
     some engine; any other name is refused, which also closes DuckDB's replacement scans
     (`FROM 'file.csv'`). `syntax_error(sql)` gives the engine's own parser message,
     which is more useful to the user than sqlglot's when the SQL does not parse.
-    `max_generated` bounds what constant calls build at planning (flight_server.sqlsize),
+    `max_generated` bounds what constant calls build at planning (flight_server.security.sqlsize),
     with `params` as the values of the placeholders.
     """
     if not sql or not sql.strip():

@@ -17,13 +17,13 @@ from rich.console import Console
 
 from flight_server.settings import AuthSettings, Settings
 
-ROLES = ("admin", "analyst", "viewer", "service")  # the roles of flight_server.auth
+ROLES = ("admin", "analyst", "viewer", "service")  # the roles of flight_server.security.auth
 
 
 def demo_tokens(settings: AuthSettings, ttl_s: float, roles: tuple[str, ...] = ROLES) -> list[tuple[str, str, str]]:
     """(role, scope, token) per role: admin over all projects, the others over three demo projects."""
-    from flight_server.auth import Authenticator  # loaded here: the other commands start without it
-    from flight_server.demo import DEMO_PROJECTS
+    from flight_server.demo.analytics import DEMO_PROJECTS
+    from flight_server.security.auth import Authenticator  # loaded here: the other commands start without it
 
     auth = Authenticator(settings)
     projects = tuple(p for p, _, _ in DEMO_PROJECTS[:3])

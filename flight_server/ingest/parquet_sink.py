@@ -25,7 +25,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from flight_server.datasets import TEMP_PREFIX, DataFile, columns_fingerprint, fsync_path
+from flight_server.ingest.datasets import TEMP_PREFIX, DataFile, columns_fingerprint, fsync_path
 from flight_server.settings import IngestSettings
 
 logger = logging.getLogger(__name__)

@@ -5,7 +5,7 @@ Every query takes a slot, per caller and in total; when none is free the query w
 in line up to the queue timeout, then gets RESOURCE_EXHAUSTED. No caller is exempt from
 the per-caller cap, so one caller never holds every slot: a caller is the token's
 subject, or, without authentication, the client connection. A slot is held until its
-stream ends; `stalls` ends a stream whose client stopped reading (flight_server.stalls).
+stream ends; `stalls` ends a stream whose client stopped reading (flight_server.streaming).
 """
 
 from __future__ import annotations
@@ -18,9 +18,9 @@ from typing import Any
 
 from flight_server.context import Caller
 from flight_server.errors import ResourceExhausted
-from flight_server.security import LOOPBACK_ADMIN
+from flight_server.security.middleware import LOOPBACK_ADMIN
 from flight_server.settings import LimitSettings
-from flight_server.stalls import StallWatch
+from flight_server.streaming import StallWatch
 
 
 class TokenBucket:

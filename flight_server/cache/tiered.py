@@ -7,7 +7,7 @@ by every instance) and in process otherwise; ingestion, sync and `cache.invalida
 bump it, so invalidation is one increment and stale entries simply expire.
 
 Every version map also carries an epoch, so versions never go back: Redis's epoch
-changes when it loses the counters (flight_server.cache_redis), and the in-process
+changes when it loses the counters (flight_server.cache.redis_store), and the in-process
 counters, used while Redis is unreachable, get a fresh epoch for each outage (other
 servers' bumps during an earlier one are unknown here). A server that sees Redis's epoch
 change drops its L1, whose entries belong to the old one.
@@ -28,8 +28,8 @@ from typing import Any
 
 import pyarrow as pa
 
-from flight_server.cache_memory import MemoryCache
-from flight_server.cache_redis import EPOCH, RedisStore, new_epoch
+from flight_server.cache.memory import MemoryCache
+from flight_server.cache.redis_store import EPOCH, RedisStore, new_epoch
 from flight_server.settings import Settings
 
 logger = logging.getLogger(__name__)

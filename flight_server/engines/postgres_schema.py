@@ -26,8 +26,8 @@ import pyarrow as pa
 import sqlglot
 from sqlglot import exp
 
-from flight_server.auth import hash_password
-from flight_server.demo import DEMO_PROJECTS, demo_domains
+from flight_server.demo.analytics import DEMO_PROJECTS, demo_domains
+from flight_server.security.auth import hash_password
 
 logger = logging.getLogger(__name__)
 

@@ -25,8 +25,8 @@ from wsgiref.simple_server import WSGIServer
 import duckdb
 
 from flight_server.app import App
-from flight_server.health import HealthService
-from flight_server.metrics import serve_metrics, stop_metrics
+from flight_server.ops.health import HealthService
+from flight_server.ops.metrics import serve_metrics, stop_metrics
 from flight_server.server import ChronoFlightServer
 from flight_server.settings import Settings
 

@@ -25,7 +25,7 @@ import pyarrow.compute as pc
 
 from flight_server.context import Caller
 from flight_server.errors import PermissionDenied
-from flight_server.scoping import PROJECT_COLUMNS
+from flight_server.security.scoping import PROJECT_COLUMNS
 
 DEFAULT_PROJECT_COLUMN = "project_id"
 _SHOWN = 60  # characters of an offending project id shown in the message

@@ -22,7 +22,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from flight_server.breaker import CircuitBreaker
+from flight_server.engines.breaker import CircuitBreaker
 from flight_server.settings import RedisSettings
 
 logger = logging.getLogger(__name__)

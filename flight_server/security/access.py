@@ -7,7 +7,7 @@
 
 A secret column is never returned to a non-admin caller, whatever the database role the
 server connects as (the query is refused when it names the column, and `SELECT *` or a
-whole-row reference reads a subquery without it, see flight_server.scoping); it is not
+whole-row reference reads a subquery without it, see flight_server.security.scoping); it is not
 granted to the reader role (`schemas/postgres_roles.sql` grants column by column from the
 same comments) and not copied into the DuckDB replicas. An admin-only table is read
 through raw SQL and datasets by administrators only; named queries, which the catalogue

@@ -15,7 +15,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor, wait
 from typing import Any
 
-from flight_server.cache import TieredCache
+from flight_server.cache.tiered import TieredCache
 from flight_server.commands import parse_command
 from flight_server.context import Caller, RequestContext
 from flight_server.executor import QueryExecutor

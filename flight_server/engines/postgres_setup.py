@@ -25,7 +25,7 @@ from collections.abc import Callable
 import adbc_driver_manager
 import adbc_driver_postgresql.dbapi as pg
 
-from flight_server import oltp
+from flight_server.engines import postgres_schema as oltp
 from flight_server.engines.postgres import PostgresEngine, with_connect_timeout
 from flight_server.errors import Unavailable, one_line
 from flight_server.settings import Settings

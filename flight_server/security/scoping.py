@@ -8,7 +8,7 @@ TABLESAMPLE, LATERAL and JOIN clauses:
     FROM cdx_records c   ->   FROM (SELECT * FROM cdx_records WHERE project_id IN (...)) AS c
     FROM users           ->   FROM (SELECT "id", "email", ... FROM users) AS users
 
-The references are those `flight_server.sqltables.table_references` lists, the same list
+The references are those `flight_server.security.sqltables.table_references` lists, the same list
 the read-only policy checked: every table node of the tree, wherever it sits (VALUES,
 PIVOT/UNPIVOT, LATERAL, set operations, subqueries, CTE bodies), except names that both
 engines resolve to a CTE. After the rewrite the tree is listed again: a restricted table
@@ -31,7 +31,7 @@ import sqlglot
 from sqlglot import exp
 
 from flight_server.errors import InvalidArgument, PermissionDenied
-from flight_server.sqltables import table_references
+from flight_server.security.sqltables import table_references
 
 # table -> the column holding its project id
 PROJECT_COLUMNS: dict[str, str] = {

@@ -26,7 +26,7 @@ from flight_server.engines.base import Params, QueryResult
 from flight_server.engines.duckdb import DuckDBEngine
 from flight_server.engines.postgres import PostgresEngine
 from flight_server.errors import InvalidArgument
-from flight_server.sqltables import table_references
+from flight_server.security.sqltables import table_references
 
 
 @dataclass

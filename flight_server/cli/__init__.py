@@ -1,0 +1,1 @@
+"""The `flight-server` command and its subcommands."""

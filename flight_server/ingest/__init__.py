@@ -1,0 +1,1 @@
+"""DoPut ingestion: conforming batches, writing Parquet, committing datasets."""

@@ -1,0 +1,1 @@
+"""Running the server in production: health, metrics, live metrics, resources, lifecycle, logs."""
