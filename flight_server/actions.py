@@ -2,22 +2,95 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
-from flight_server.app import App
+from flight_server.cache.tiered import TieredCache
+from flight_server.cache.warming import CacheWarmer
+from flight_server.catalog import Catalog
 from flight_server.commands import load_json, parse_command
-from flight_server.context import RequestContext
+from flight_server.context import RequestContext, RunningQueries
+from flight_server.engines.base import Engine
+from flight_server.engines.breaker import CircuitBreaker
 from flight_server.errors import InvalidArgument, NotFound, Unavailable
+from flight_server.executor import QueryExecutor
+from flight_server.ingest.service import IngestService
+from flight_server.ops.lifecycle import Lifecycle
+from flight_server.ops.live import LiveMetrics
+from flight_server.ops.resources import ResourceMonitor
+from flight_server.router import TableRegistry
+from flight_server.security.limits import Limiter
 from flight_server.sync.service import SyncService
+
+
+class RequestCounts(Protocol):
+    """Counters of requests by RPC and by outcome."""
+
+    def snapshot(self) -> dict[str, Any]: ...
+
+
+class ActionDeps(Protocol):
+    """The server's parts the actions read and drive.
+
+    The composition root satisfies it structurally; members are read-only.
+    """
+
+    @property
+    def version(self) -> str: ...
+
+    @property
+    def engines(self) -> Mapping[str, Engine]: ...
+
+    @property
+    def executor(self) -> QueryExecutor: ...
+
+    @property
+    def catalog(self) -> Catalog: ...
+
+    @property
+    def registry(self) -> TableRegistry: ...
+
+    @property
+    def running(self) -> RunningQueries: ...
+
+    @property
+    def limits(self) -> Limiter: ...
+
+    @property
+    def cache(self) -> TieredCache: ...
+
+    @property
+    def warmer(self) -> CacheWarmer: ...
+
+    @property
+    def ingest(self) -> IngestService: ...
+
+    @property
+    def sync(self) -> SyncService | None: ...
+
+    @property
+    def lifecycle(self) -> Lifecycle: ...
+
+    @property
+    def resources(self) -> ResourceMonitor: ...
+
+    @property
+    def live(self) -> LiveMetrics: ...
+
+    @property
+    def stats(self) -> RequestCounts: ...
+
+    def uptime_s(self) -> float: ...
+
+    def breakers(self) -> Mapping[str, CircuitBreaker]: ...
 
 
 @dataclass(frozen=True)
 class ActionSpec:
     name: str
     description: str
-    handler: Callable[[App, RequestContext, bytes], Any]
+    handler: Callable[[ActionDeps, RequestContext, bytes], Any]
     permission: str = "metadata"  # what the caller's role must allow (flight_server.security.auth.PERMISSIONS)
 
 
@@ -30,54 +103,54 @@ def _json_body(body: bytes) -> dict[str, Any]:
     return value
 
 
-def health(app: App, ctx: RequestContext, body: bytes) -> dict[str, Any]:
+def health(deps: ActionDeps, ctx: RequestContext, body: bytes) -> dict[str, Any]:
     engines: dict[str, Any] = {}
     warnings: list[str] = []
-    for name, engine in app.engines.items():
+    for name, engine in deps.engines.items():
         try:
             engines[name] = engine.health()
         except Exception as exc:
             engines[name] = {"status": "down", "error": str(exc).splitlines()[0]}
             warnings.append(f"engine {name} is down")
-    breakers = {name: breaker.snapshot() for name, breaker in app.breakers().items()}
+    breakers = {name: breaker.snapshot() for name, breaker in deps.breakers().items()}
     for name, breaker in breakers.items():
         if breaker["state"] != "closed" and name != "redis":  # the cache warns about Redis itself
             warnings.append(f"{name} circuit breaker is {breaker['state']}; retrying in {breaker['retry_in_s']:.1f} s")
-    if app.sync is not None:
-        serving, detail = app.sync.health()
+    if deps.sync is not None:
+        serving, detail = deps.sync.health()
         if not serving:
             warnings.append(detail)
-    warnings.extend(app.cache.warnings())
-    warnings.extend(app.resources.warnings())
-    cache = app.cache.stats()
+    warnings.extend(deps.cache.warnings())
+    warnings.extend(deps.resources.warnings())
+    cache = deps.cache.stats()
     return {
         "status": "ok" if not warnings else "degraded",
-        "version": app.version,
-        "uptime_s": app.uptime_s(),
-        "server": app.lifecycle.snapshot(),
+        "version": deps.version,
+        "uptime_s": deps.uptime_s(),
+        "server": deps.lifecycle.snapshot(),
         "engines": engines,
         "breakers": breakers,
-        "active_queries": app.running.snapshot(),
-        "requests": app.stats.snapshot(),
-        "limits": app.limits.stats(),
+        "active_queries": deps.running.snapshot(),
+        "requests": deps.stats.snapshot(),
+        "limits": deps.limits.stats(),
         "cache": cache,
         "cache_hit_ratios": {
             "overall": cache["hit_ratio"],
             "l1": cache["l1"]["hit_ratio"],
             "l2": None if cache["l2"] is None else cache["l2"]["hit_ratio"],
         },
-        "sync": _sync_summary(app),
-        "memory": app.resources.snapshot(),
-        "live_subscribers": app.live.subscribers,
-        "named_queries": len(app.catalog),
+        "sync": _sync_summary(deps),
+        "memory": deps.resources.snapshot(),
+        "live_subscribers": deps.live.subscribers,
+        "named_queries": len(deps.catalog),
         "warnings": warnings,
     }
 
 
-def _sync_summary(app: App) -> dict[str, Any]:
-    if app.sync is None:
+def _sync_summary(deps: ActionDeps) -> dict[str, Any]:
+    if deps.sync is None:
         return {"state": "off"}
-    status = app.sync.status()
+    status = deps.sync.status()
     stalest = [t["staleness_s"] for t in status["tables"].values() if t["staleness_s"] is not None]
     return {
         "state": status["state"],
@@ -89,22 +162,22 @@ def _sync_summary(app: App) -> dict[str, Any]:
     }
 
 
-def _sync(app: App) -> SyncService:
-    if app.sync is None:
+def _sync(deps: ActionDeps) -> SyncService:
+    if deps.sync is None:
         raise Unavailable("sync is off: it needs PostgreSQL (FLIGHT_POSTGRES__URI) and FLIGHT_SYNC__ENABLED=true")
-    return app.sync
+    return deps.sync
 
 
-def sync_status(app: App, ctx: RequestContext, body: bytes) -> dict[str, Any]:
-    return _sync(app).status()
+def sync_status(deps: ActionDeps, ctx: RequestContext, body: bytes) -> dict[str, Any]:
+    return _sync(deps).status()
 
 
-def sync_run(app: App, ctx: RequestContext, body: bytes) -> dict[str, Any]:
-    sync = _sync(app)
+def sync_run(deps: ActionDeps, ctx: RequestContext, body: bytes) -> dict[str, Any]:
+    sync = _sync(deps)
     return {"cycle": sync.run_once(), "status": sync.status()}
 
 
-def sync_validate(app: App, ctx: RequestContext, body: bytes) -> dict[str, Any]:
+def sync_validate(deps: ActionDeps, ctx: RequestContext, body: bytes) -> dict[str, Any]:
     request = _json_body(body)
     tables = request.get("tables")
     repair = request.get("repair", True)
@@ -112,30 +185,30 @@ def sync_validate(app: App, ctx: RequestContext, body: bytes) -> dict[str, Any]:
         raise InvalidArgument("'tables' must be a list of table names (or null for every replicated table)")
     if not isinstance(repair, bool):
         raise InvalidArgument("'repair' must be true or false")
-    return _sync(app).validate(tables, repair)
+    return _sync(deps).validate(tables, repair)
 
 
-def explain(app: App, ctx: RequestContext, body: bytes) -> dict[str, Any]:
+def explain(deps: ActionDeps, ctx: RequestContext, body: bytes) -> dict[str, Any]:
     if not body:
         raise InvalidArgument('explain needs a command as its body, e.g. {"query": "domains.top"}')
-    plan = app.executor.plan(parse_command(body), ctx)
-    return app.executor.explain(plan)
+    plan = deps.executor.plan(parse_command(body), ctx)
+    return deps.executor.explain(plan)
 
 
-def cancel(app: App, ctx: RequestContext, body: bytes) -> dict[str, Any]:
+def cancel(deps: ActionDeps, ctx: RequestContext, body: bytes) -> dict[str, Any]:
     query_id = _json_body(body).get("query_id")
     if not isinstance(query_id, str):
         raise InvalidArgument('cancel needs {"query_id": "..."} (health lists active queries)')
-    if not app.running.cancel(query_id):
+    if not deps.running.cancel(query_id):
         raise NotFound(f"no running query with id '{query_id:.40}'")
     return {"cancelled": query_id}
 
 
-def cache_stats(app: App, ctx: RequestContext, body: bytes) -> dict[str, Any]:
-    return {**app.cache.stats(), "warming": app.warmer.stats()}
+def cache_stats(deps: ActionDeps, ctx: RequestContext, body: bytes) -> dict[str, Any]:
+    return {**deps.cache.stats(), "warming": deps.warmer.stats()}
 
 
-def cache_invalidate(app: App, ctx: RequestContext, body: bytes) -> dict[str, Any]:
+def cache_invalidate(deps: ActionDeps, ctx: RequestContext, body: bytes) -> dict[str, Any]:
     request = _json_body(body)
     tables = request.get("tables", [])
     pattern = request.get("queries")
@@ -145,23 +218,23 @@ def cache_invalidate(app: App, ctx: RequestContext, body: bytes) -> dict[str, An
         raise InvalidArgument("'queries' must be a name pattern such as \"domains.*\"")
     if not tables and pattern is None:
         raise InvalidArgument('cache.invalidate needs {"tables": [...]} and/or {"queries": "domains.*"}')
-    unknown = [t for t in tables if not app.registry.has(t)]
+    unknown = [t for t in tables if not deps.registry.has(t)]
     if unknown:
         raise NotFound(f"unknown table '{unknown[0]:.80}'")
-    routes = app.cache.matching_routes(pattern, app.catalog.names()) if pattern is not None else []
+    routes = deps.cache.matching_routes(pattern, deps.catalog.names()) if pattern is not None else []
     if pattern is not None and not routes:
         raise NotFound(f"no named query matches '{pattern:.80}'")
-    bumped = app.cache.invalidate([t.lower() for t in tables], routes)
-    app.warmer.warm_soon("invalidation")
+    bumped = deps.cache.invalidate([t.lower() for t in tables], routes)
+    deps.warmer.warm_soon("invalidation")
     return {"invalidated": bumped}
 
 
-def dataset_compact(app: App, ctx: RequestContext, body: bytes) -> dict[str, Any]:
+def dataset_compact(deps: ActionDeps, ctx: RequestContext, body: bytes) -> dict[str, Any]:
     request = _json_body(body)
     name = request.get("dataset")
     if not isinstance(name, str):
         raise InvalidArgument('dataset.compact needs {"dataset": "cdx_records"} (optional "partition")')
-    return app.ingest.compact(name, request.get("partition"))
+    return deps.ingest.compact(name, request.get("partition"))
 
 
 ACTIONS: dict[str, ActionSpec] = {

@@ -10,13 +10,12 @@ import json
 import logging
 import sys
 from collections.abc import Callable, Iterator
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import pyarrow as pa
 import pyarrow.flight as flight
 
-from flight_server.actions import ACTIONS
-from flight_server.app import App
+from flight_server.actions import ACTIONS, ActionDeps, RequestCounts
 from flight_server.batching import bounded_batches, bounded_table
 from flight_server.commands import Command, dataset_command, parse_command
 from flight_server.context import Caller, RequestContext
@@ -24,11 +23,15 @@ from flight_server.engines.base import QueryResult
 from flight_server.errors import ChronoError, InvalidArgument, NotFound, ResourceExhausted, to_flight_error
 from flight_server.executor import OpenResult, Plan
 from flight_server.flightsql.actions import SQL_ACTIONS
+from flight_server.flightsql.deps import FlightSqlDeps
 from flight_server.flightsql.prepared import BoundRun
 from flight_server.flightsql.protocol import unpack_command
 from flight_server.flightsql.service import FlightSqlService
 from flight_server.flightsql.types import conform_result
 from flight_server.ops.live import parse_subscription
+from flight_server.ops.metrics import Metrics
+from flight_server.security.audit import AuditLog
+from flight_server.security.auth import Authenticator
 from flight_server.security.middleware import (
     HeaderAuthHandler,
     caller_of,
@@ -49,21 +52,47 @@ def _metadata_bytes(metadata: dict[str, Any]) -> bytes:
     return json.dumps(metadata, separators=(",", ":")).encode()
 
 
+class RequestLog(RequestCounts, Protocol):
+    """Counters of requests by RPC and by outcome, fed one request at a time."""
+
+    def record(self, rpc: str, status: str) -> None: ...
+
+
+class ServerDeps(ActionDeps, FlightSqlDeps, Protocol):
+    """The server's parts the RPC surface uses, on top of those the actions and Flight SQL use.
+
+    The composition root satisfies it structurally, so this module never imports it;
+    members are read-only.
+    """
+
+    @property
+    def auth(self) -> Authenticator: ...
+
+    @property
+    def audit(self) -> AuditLog: ...
+
+    @property
+    def metrics(self) -> Metrics: ...
+
+    @property
+    def stats(self) -> RequestLog: ...
+
+
 class ChronoFlightServer(flight.FlightServerBase):  # type: ignore[misc]
-    def __init__(self, app: App, location: str | None = None, **kwargs: Any) -> None:
+    def __init__(self, deps: ServerDeps, location: str | None = None, **kwargs: Any) -> None:
         # pyarrow sends the formatted traceback of an exception along with its status;
         # with no frames in it, clients get the one-line message only. Logs format
         # tracebacks with their own explicit limit.
         sys.tracebacklimit = 0
-        settings = app.settings
+        settings = deps.settings
         check_bind_address(settings)
         tls = tls_options(settings)
         scheme = "grpc+tls" if tls else "grpc"
-        kwargs["middleware"] = server_middleware(app.auth, app.lifecycle.middleware(), kwargs.get("middleware"))
+        kwargs["middleware"] = server_middleware(deps.auth, deps.lifecycle.middleware(), kwargs.get("middleware"))
         kwargs.setdefault("auth_handler", HeaderAuthHandler())
         super().__init__(location or f"{scheme}://{settings.host}:{settings.port}", **tls, **kwargs)
-        self.app = app
-        self.sql = FlightSqlService(app)
+        self.deps = deps
+        self.sql = FlightSqlService(deps)
 
     # -- plumbing --------------------------------------------------------------------
 
@@ -73,8 +102,8 @@ class ChronoFlightServer(flight.FlightServerBase):  # type: ignore[misc]
         ctx = RequestContext(rpc=rpc, peer=call_ctx.peer() if call_ctx else "")
         try:
             ctx.caller = caller = caller_of(call_ctx)
-            ctx.deadline_s = self.app.limits.deadline_s(caller, self.app.settings.duckdb.query_deadline_s)
-            self.app.limits.admit(caller)
+            ctx.deadline_s = self.deps.limits.deadline_s(caller, self.deps.settings.duckdb.query_deadline_s)
+            self.deps.limits.admit(caller)
             result = handler(ctx)
         except BaseException as exc:
             status = exc.status if isinstance(exc, ChronoError) else "internal"
@@ -83,9 +112,9 @@ class ChronoFlightServer(flight.FlightServerBase):  # type: ignore[misc]
         return result
 
     def _log(self, ctx: RequestContext, label: str, status: str, **fields: Any) -> None:
-        self.app.stats.record(ctx.rpc, status)
-        self.app.metrics.observe_request(ctx.rpc, label, status, ctx.elapsed_ms() / 1000.0, fields)
-        self.app.audit.record(
+        self.deps.stats.record(ctx.rpc, status)
+        self.deps.metrics.observe_request(ctx.rpc, label, status, ctx.elapsed_ms() / 1000.0, fields)
+        self.deps.audit.record(
             {
                 "subject": ctx.caller.subject,
                 "role": ctx.caller.role,
@@ -138,8 +167,8 @@ class ChronoFlightServer(flight.FlightServerBase):  # type: ignore[misc]
                 self._log(ctx, label, "ok", **fields)
                 return info
             command = self._command(descriptor)
-            plan = self.app.executor.plan(command, ctx)
-            schema, cache = self.app.executor.describe(plan, ctx)
+            plan = self.deps.executor.plan(command, ctx)
+            schema, cache = self.deps.executor.describe(plan, ctx)
             ticket = flight.Ticket(plan.command.to_json())
             metadata = plan.metadata(cache)
             self._log(ctx, plan.label, "ok", engine=plan.engine)
@@ -161,8 +190,8 @@ class ChronoFlightServer(flight.FlightServerBase):  # type: ignore[misc]
                 result = flight.SchemaResult(self.sql.schema(sql_command, ctx))
                 self._log(ctx, sql_command.DESCRIPTOR.name, "ok")
                 return result
-            plan = self.app.executor.plan(self._command(descriptor), ctx)
-            schema, _ = self.app.executor.describe(plan, ctx)
+            plan = self.deps.executor.plan(self._command(descriptor), ctx)
+            schema, _ = self.deps.executor.describe(plan, ctx)
             self._log(ctx, plan.label, "ok", engine=plan.engine)
             return flight.SchemaResult(schema)
 
@@ -172,17 +201,17 @@ class ChronoFlightServer(flight.FlightServerBase):  # type: ignore[misc]
         def handle(ctx: RequestContext) -> flight.FlightDataStream:
             sql_command = unpack_command(ticket.ticket)
             if sql_command is None:
-                return self._serve(context, ctx, self.app.executor.plan(parse_command(ticket.ticket), ctx))
+                return self._serve(context, ctx, self.deps.executor.plan(parse_command(ticket.ticket), ctx))
             target = self.sql.ticket(sql_command, ctx)
             if isinstance(target, Plan):
                 return self._serve(context, ctx, target, client_types=True)
             if isinstance(target, BoundRun):
                 return self._stream_bound(ctx, target)
-            budget = _Budget.for_caller(ctx.caller, self.app.settings)
+            budget = _Budget.for_caller(ctx.caller, self.deps.settings)
             for batch in target.to_batches():
                 budget.spend(batch)
             self._log(ctx, sql_command.DESCRIPTOR.name, "ok", rows=target.num_rows, bytes=target.nbytes)
-            return flight.RecordBatchStream(bounded_table(target, self.app.settings.max_message_bytes))
+            return flight.RecordBatchStream(bounded_table(target, self.deps.settings.max_message_bytes))
 
         return self._rpc("DoGet", context, "get", handle)
 
@@ -190,15 +219,15 @@ class ChronoFlightServer(flight.FlightServerBase):  # type: ignore[misc]
         self, context: flight.ServerCallContext, ctx: RequestContext, plan: Plan, client_types: bool = False
     ) -> flight.FlightDataStream:
         """Open a plan's result (a client that goes away meanwhile stops it) and stream it."""
-        self.app.limits.acquire(ctx.caller, ctx.peer)
-        self.app.running.watch_client(plan.query_id, context.is_cancelled)
+        self.deps.limits.acquire(ctx.caller, ctx.peer)
+        self.deps.running.watch_client(plan.query_id, context.is_cancelled)
         try:
-            result = self.app.executor.open(plan, ctx)
+            result = self.deps.executor.open(plan, ctx)
         except BaseException:
-            self.app.limits.release(ctx.caller, ctx.peer)
+            self.deps.limits.release(ctx.caller, ctx.peer)
             raise
         finally:
-            self.app.running.unwatch_client(plan.query_id)
+            self.deps.running.unwatch_client(plan.query_id)
         if client_types:
             result = conform_result(result)
         context.add_header("x-chrono-cache", result.cache)
@@ -209,9 +238,9 @@ class ChronoFlightServer(flight.FlightServerBase):  # type: ignore[misc]
                 result.batches.clear()
                 result.close()
             finally:
-                self.app.limits.release(ctx.caller, ctx.peer)
+                self.deps.limits.release(ctx.caller, ctx.peer)
 
-        watched = self.app.limits.stalls.watch(end, plan.query_id)
+        watched = self.deps.limits.stalls.watch(end, plan.query_id)
         return flight.GeneratorStream(result.schema, self._stream(ctx, result, watched))
 
     def _stream(self, ctx: RequestContext, result: OpenResult, watched: WatchedStream) -> Iterator[Any]:
@@ -236,7 +265,7 @@ class ChronoFlightServer(flight.FlightServerBase):  # type: ignore[misc]
     def _stream_bound(self, ctx: RequestContext, run: BoundRun) -> flight.FlightDataStream:
         """A prepared statement bound to many rows, streamed row by row and watched for stalls
         like any other stream (`run.stop` ends it from outside)."""
-        watched = self.app.limits.stalls.watch(run.stop, ctx.query_id)
+        watched = self.deps.limits.stalls.watch(run.stop, ctx.query_id)
         return flight.GeneratorStream(run.schema, self._bound_stream(ctx, run, watched))
 
     def _bound_stream(self, ctx: RequestContext, run: BoundRun, watched: WatchedStream) -> Iterator[Any]:
@@ -256,14 +285,14 @@ class ChronoFlightServer(flight.FlightServerBase):  # type: ignore[misc]
         The budget is spent on each batch as it is produced: the run stops with
         RESOURCE_EXHAUSTED at the first batch past it, before any further row runs.
         """
-        budget = _Budget.for_caller(ctx.caller, self.app.settings)
+        budget = _Budget.for_caller(ctx.caller, self.deps.settings)
         batches = run.batches()
         try:
             for batch in batches:
                 budget.spend(batch)
                 sent["rows"] += batch.num_rows
                 sent["bytes"] += batch.nbytes
-                yield from bounded_batches([batch], self.app.settings.max_message_bytes)
+                yield from bounded_batches([batch], self.deps.settings.max_message_bytes)
         finally:
             batches.close()
 
@@ -275,8 +304,8 @@ class ChronoFlightServer(flight.FlightServerBase):  # type: ignore[misc]
         hand are dropped as they are handed on.
         """
         metadata = pa.py_buffer(_metadata_bytes(result.metadata()))
-        budget = _Budget.for_caller(ctx.caller, self.app.settings)
-        bound = self.app.settings.max_message_bytes
+        budget = _Budget.for_caller(ctx.caller, self.deps.settings)
+        bound = self.deps.settings.max_message_bytes
         for batch in result.batches:
             budget.spend(batch)
         held = result.batches
@@ -315,7 +344,7 @@ class ChronoFlightServer(flight.FlightServerBase):  # type: ignore[misc]
             if descriptor.descriptor_type != flight.DescriptorType.PATH or len(descriptor.path) != 1:
                 raise InvalidArgument("DoPut takes FlightDescriptor.for_path(dataset), e.g. for_path('cdx_records')")
             require(ctx.caller, "ingest", "ingest data")
-            result = self.app.ingest.put(descriptor.path[0], reader, context.is_cancelled, caller=ctx.caller)
+            result = self.deps.ingest.put(descriptor.path[0], reader, context.is_cancelled, caller=ctx.caller)
             writer.write(pa.py_buffer(_metadata_bytes(result)))
             self._log(
                 ctx,
@@ -332,12 +361,12 @@ class ChronoFlightServer(flight.FlightServerBase):  # type: ignore[misc]
     def list_flights(self, context: flight.ServerCallContext, criteria: bytes) -> Iterator[flight.FlightInfo]:
         def handle(ctx: RequestContext) -> list[flight.FlightInfo]:
             infos = []
-            for query in self.app.catalog:
+            for query in self.deps.catalog:
                 descriptor = flight.FlightDescriptor.for_command(json.dumps({"query": query.name}).encode())
                 metadata = {"kind": "query", **query.describe()}
                 infos.append(
                     flight.FlightInfo(
-                        self.app.executor.named_schema(query.name),
+                        self.deps.executor.named_schema(query.name),
                         descriptor,
                         [],
                         -1,
@@ -345,10 +374,10 @@ class ChronoFlightServer(flight.FlightServerBase):  # type: ignore[misc]
                         app_metadata=_metadata_bytes(metadata),
                     )
                 )
-            counts = self.app.duckdb.row_counts()
-            for name, engine in sorted(self.app.registry.tables().items()):
-                schema = self.app.engines[engine].schema(f'SELECT * FROM "{name}"', None)
-                secret = self.app.access.secret.get(name, frozenset())  # never shown (flight_server.security.access)
+            counts = self.deps.duckdb.row_counts()
+            for name, engine in sorted(self.deps.registry.tables().items()):
+                schema = self.deps.engines[engine].schema(f'SELECT * FROM "{name}"', None)
+                secret = self.deps.access.secret.get(name, frozenset())  # never shown (flight_server.security.access)
                 schema = pa.schema([f for f in schema if f.name not in secret], metadata=schema.metadata)
                 ticket = flight.Ticket(json.dumps({"dataset": name}).encode())
                 metadata = {"kind": "dataset", "name": name, "engine": engine, "rows": counts.get(name)}
@@ -377,7 +406,7 @@ class ChronoFlightServer(flight.FlightServerBase):  # type: ignore[misc]
         def handle(ctx: RequestContext) -> None:
             require(ctx.caller, "metadata", "subscribe to live metrics")
             interval_s = parse_subscription(descriptor)
-            sent = self.app.live.stream(interval_s, reader, writer, context.is_cancelled)
+            sent = self.deps.live.stream(interval_s, reader, writer, context.is_cancelled)
             self._log(ctx, "live", "ok", batches=sent)
 
         self._rpc("DoExchange", context, "live", handle)
@@ -402,7 +431,7 @@ class ChronoFlightServer(flight.FlightServerBase):  # type: ignore[misc]
                 raise NotFound(f"unknown action '{action.type:.60}'; ListActions shows them: " + ", ".join(ACTIONS))
             body = action.body.to_pybytes() if action.body is not None else b""
             require(ctx.caller, spec.permission, f"run the {spec.name} action")
-            result = spec.handler(self.app, ctx, body)
+            result = spec.handler(self.deps, ctx, body)
             self._log(ctx, action.type, "ok")
             return [json.dumps(result, default=str).encode()]
 

@@ -13,10 +13,10 @@ from typing import Any
 import pyarrow as pa
 from google.protobuf.message import Message
 
-from flight_server.app import App
 from flight_server.context import RequestContext
 from flight_server.flightsql import flight_sql_pb2 as sql
 from flight_server.flightsql import metadata
+from flight_server.flightsql.deps import FlightSqlDeps
 from flight_server.security.middleware import require
 
 
@@ -82,8 +82,8 @@ _DISPATCH: dict[type[Message], tuple[Callable[..., pa.Table], Callable[..., pa.S
 
 
 class MetadataQueries:
-    def __init__(self, app: App) -> None:
-        self.app = app
+    def __init__(self, deps: FlightSqlDeps) -> None:
+        self.deps = deps
 
     def handles(self, command: Message) -> bool:
         return type(command) in _DISPATCH
@@ -96,4 +96,4 @@ class MetadataQueries:
     def run(self, command: Message, ctx: RequestContext) -> pa.Table:
         require(ctx.caller, "metadata", "browse metadata")
         run, _, run_args, _ = _DISPATCH[type(command)]
-        return run(self.app, ctx, *run_args(command))
+        return run(self.deps, ctx, *run_args(command))

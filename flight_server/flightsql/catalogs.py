@@ -25,7 +25,7 @@ from flight_server.engines.base import Engine
 from flight_server.errors import NotFound, Unavailable
 
 if TYPE_CHECKING:
-    from flight_server.app import App
+    from flight_server.flightsql.deps import FlightSqlDeps
 
 logger = logging.getLogger(__name__)
 
@@ -152,13 +152,13 @@ def quote(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
-def catalog_names(app: App) -> list[str]:
-    return sorted([DUCKDB, POSTGRES] if app.postgres is not None else [DUCKDB])
+def catalog_names(deps: FlightSqlDeps) -> list[str]:
+    return sorted([DUCKDB, POSTGRES] if deps.postgres is not None else [DUCKDB])
 
 
-def schema_names(app: App) -> list[tuple[str, str]]:
+def schema_names(deps: FlightSqlDeps) -> list[tuple[str, str]]:
     pairs = [(DUCKDB, MAIN), (DUCKDB, ANALYTICS)]
-    if app.postgres is not None:
+    if deps.postgres is not None:
         pairs.append((POSTGRES, PUBLIC))
     return sorted(pairs)
 
@@ -168,27 +168,27 @@ def view_name(query_name: str) -> str:
     return query_name.replace(".", "_")
 
 
-def analytics_views(app: App) -> list[TableEntry]:
+def analytics_views(deps: FlightSqlDeps) -> list[TableEntry]:
     """Named queries without required parameters whose result schema is known."""
     out = []
-    for query in app.catalog:
-        if any(p.required for p in query.params) or app.executor.named_schema(query.name) is None:
+    for query in deps.catalog:
+        if any(p.required for p in query.params) or deps.executor.named_schema(query.name) is None:
             continue
         out.append(TableEntry(DUCKDB, ANALYTICS, view_name(query.name), VIEW, "analytics", query.name))
     return out
 
 
-def _engine_tables(app: App, ctx: RequestContext, catalog: str) -> list[TableEntry]:
+def _engine_tables(deps: FlightSqlDeps, ctx: RequestContext, catalog: str) -> list[TableEntry]:
     if catalog == DUCKDB:
-        rows = fetch_rows(app.duckdb, ctx, _DUCKDB_TABLES)
+        rows = fetch_rows(deps.duckdb, ctx, _DUCKDB_TABLES)
         return [TableEntry(DUCKDB, MAIN, r["name"], r["kind"], DUCKDB, r["name"]) for r in rows]
-    assert app.postgres is not None
-    rows = fetch_rows(app.postgres, ctx, _POSTGRES_TABLES)
+    assert deps.postgres is not None
+    rows = fetch_rows(deps.postgres, ctx, _POSTGRES_TABLES)
     return [TableEntry(POSTGRES, PUBLIC, r["name"], r["kind"], POSTGRES, r["name"]) for r in rows]
 
 
 def list_tables(
-    app: App,
+    deps: FlightSqlDeps,
     ctx: RequestContext,
     catalog: str | None = None,
     db_schema: str | None = None,
@@ -202,14 +202,14 @@ def list_tables(
     (or its schema) alone fails with UNAVAILABLE.
     """
     entries: list[TableEntry] = []
-    for cat, schema in schema_names(app):
+    for cat, schema in schema_names(deps):
         if catalog not in (None, cat) or db_schema not in (None, schema) or not like(db_schema_pattern, schema):
             continue
         if schema == ANALYTICS:
-            entries.extend(analytics_views(app))
+            entries.extend(analytics_views(deps))
             continue
         try:
-            entries.extend(_engine_tables(app, ctx, cat))
+            entries.extend(_engine_tables(deps, ctx, cat))
         except Unavailable as exc:
             if catalog == cat or db_schema == schema:
                 raise
@@ -220,14 +220,16 @@ def list_tables(
 _PRECEDENCE = {(DUCKDB, MAIN): 0, (POSTGRES, PUBLIC): 1, (DUCKDB, ANALYTICS): 2}
 
 
-def find_table(app: App, ctx: RequestContext, catalog: str | None, db_schema: str | None, table: str) -> TableEntry:
+def find_table(
+    deps: FlightSqlDeps, ctx: RequestContext, catalog: str | None, db_schema: str | None, table: str
+) -> TableEntry:
     """The table a (catalog, schema, name) reference means; NotFound when there is none.
 
     Without catalog or schema, tables win over views of named queries, and DuckDB over
     PostgreSQL (as for a table both engines hold). Exact names win over names that
     match only ignoring case.
     """
-    entries = sorted(list_tables(app, ctx, catalog, db_schema), key=lambda e: _PRECEDENCE[e.catalog, e.db_schema])
+    entries = sorted(list_tables(deps, ctx, catalog, db_schema), key=lambda e: _PRECEDENCE[e.catalog, e.db_schema])
     for matches in ([e for e in entries if e.name == table], [e for e in entries if e.name.lower() == table.lower()]):
         if matches:
             return matches[0]
@@ -235,8 +237,8 @@ def find_table(app: App, ctx: RequestContext, catalog: str | None, db_schema: st
     raise NotFound(f"unknown table '{shown:.120}'; GetTables lists the tables")
 
 
-def named_query_schema(app: App, entry: TableEntry) -> pa.Schema:
-    schema = app.executor.named_schema(entry.target)
+def named_query_schema(deps: FlightSqlDeps, entry: TableEntry) -> pa.Schema:
+    schema = deps.executor.named_schema(entry.target)
     if schema is None:  # the engine went away since the listing
         raise NotFound(f"the view {entry.name} is not available now")
     return schema

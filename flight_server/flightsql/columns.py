@@ -30,7 +30,7 @@ from flight_server.flightsql.catalogs import (
 from flight_server.flightsql.xdbc import arrow_type_name, column_size
 
 if TYPE_CHECKING:
-    from flight_server.app import App
+    from flight_server.flightsql.deps import FlightSqlDeps
 
 PREFIX = "ARROW:FLIGHT:SQL:"
 
@@ -112,30 +112,30 @@ def _column_infos(rows: list[dict[str, Any]], table: str, hidden: frozenset[str]
     return out
 
 
-def table_schemas(app: App, ctx: RequestContext, entries: list[TableEntry]) -> list[pa.Schema]:
+def table_schemas(deps: FlightSqlDeps, ctx: RequestContext, entries: list[TableEntry]) -> list[pa.Schema]:
     """The annotated schema of each entry, in order (one catalog query per engine)."""
     rows: dict[str, list[dict[str, Any]]] = {}
     out = []
     for entry in entries:
         if entry.db_schema == ANALYTICS:
-            out.append(annotate(named_query_schema(app, entry), entry))
+            out.append(annotate(named_query_schema(deps, entry), entry))
             continue
         if entry.engine not in rows:
-            engine = app.duckdb if entry.engine == DUCKDB else app.postgres
+            engine = deps.duckdb if entry.engine == DUCKDB else deps.postgres
             assert engine is not None
             rows[entry.engine] = fetch_rows(
                 engine, ctx, _DUCKDB_COLUMNS if entry.engine == DUCKDB else _POSTGRES_COLUMNS
             )
-        columns = _column_infos(rows[entry.engine], entry.name, app.access.secret.get(entry.name, frozenset()))
-        out.append(annotate(_engine_schema(app, entry, list(columns)), entry, columns))
+        columns = _column_infos(rows[entry.engine], entry.name, deps.access.secret.get(entry.name, frozenset()))
+        out.append(annotate(_engine_schema(deps, entry, list(columns)), entry, columns))
     return out
 
 
-def _engine_schema(app: App, entry: TableEntry, columns: list[str]) -> pa.Schema:
+def _engine_schema(deps: FlightSqlDeps, entry: TableEntry, columns: list[str]) -> pa.Schema:
     if entry.engine == DUCKDB:
-        return app.duckdb.schema(f"SELECT * FROM {MAIN}.{quote(entry.target)}", None)
-    assert app.postgres is not None
+        return deps.duckdb.schema(f"SELECT * FROM {MAIN}.{quote(entry.target)}", None)
+    assert deps.postgres is not None
     if not columns:  # the reader role may see none of its columns
         return pa.schema([])
     listed = ", ".join(quote(c) for c in columns)
-    return app.postgres.schema(f"SELECT {listed} FROM {PUBLIC}.{quote(entry.target)}", None)
+    return deps.postgres.schema(f"SELECT {listed} FROM {PUBLIC}.{quote(entry.target)}", None)

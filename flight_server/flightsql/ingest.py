@@ -23,10 +23,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from flight_server.app import App
 from flight_server.context import Caller
 from flight_server.errors import InvalidArgument, NotFound
 from flight_server.flightsql import flight_sql_pb2 as sql
+from flight_server.flightsql.deps import FlightSqlDeps
 from flight_server.flightsql.statements import ENGINE_SCHEMAS
 from flight_server.ingest.datasets import check_dataset_name
 
@@ -34,7 +34,7 @@ _Options = sql.CommandStatementIngest.TableDefinitionOptions
 
 
 def ingest(
-    app: App, command: sql.CommandStatementIngest, reader: Any, cancelled: Callable[[], bool], caller: Caller
+    deps: FlightSqlDeps, command: sql.CommandStatementIngest, reader: Any, cancelled: Callable[[], bool], caller: Caller
 ) -> dict[str, Any]:
     """Run the ingest for `caller`, scoped as any put; the put result ({"rows", "files", "bytes"})."""
     if command.temporary:
@@ -47,13 +47,13 @@ def ingest(
         raise InvalidArgument("ingest lands in schema main; leave the schema out")
     name = check_dataset_name(command.table.lower())
     options = command.table_definition_options
-    exists = app.datasets.get(name) is not None
+    exists = deps.datasets.get(name) is not None
     if not exists:
         if options.if_not_exist != _Options.TABLE_NOT_EXIST_OPTION_CREATE:
             raise NotFound(f"table '{name}' does not exist; ingest with mode create to create it")
-        return app.ingest.put(name, reader, cancelled, caller=caller)
+        return deps.ingest.put(name, reader, cancelled, caller=caller)
     if options.if_exists == _Options.TABLE_EXISTS_OPTION_APPEND:
-        return app.ingest.put(name, reader, cancelled, caller=caller)
+        return deps.ingest.put(name, reader, cancelled, caller=caller)
     if options.if_exists == _Options.TABLE_EXISTS_OPTION_REPLACE:
-        return app.ingest.put(name, reader, cancelled, caller=caller, replace=True)
+        return deps.ingest.put(name, reader, cancelled, caller=caller, replace=True)
     raise InvalidArgument(f"table '{name}' already exists; ingest with mode append or replace")

@@ -16,7 +16,7 @@ from flight_server.errors import Unavailable
 from flight_server.flightsql.catalogs import DUCKDB, MAIN, POSTGRES, PUBLIC, fetch_rows
 
 if TYPE_CHECKING:
-    from flight_server.app import App
+    from flight_server.flightsql.deps import FlightSqlDeps
 
 # UpdateDeleteRules (FlightSql.proto) by pg_constraint's action letter
 CASCADE, RESTRICT, SET_NULL, NO_ACTION, SET_DEFAULT = 0, 1, 2, 3, 4
@@ -96,39 +96,41 @@ def _foreign_key(place: tuple[str, str], pk: tuple[str, str], fk: tuple[str, str
     return ForeignKeyColumn(*place, *pk, *place, *fk, *rest)
 
 
-def _places(app: App, catalog: str | None, db_schema: str | None) -> list[tuple[str, str]]:
+def _places(deps: FlightSqlDeps, catalog: str | None, db_schema: str | None) -> list[tuple[str, str]]:
     """The (catalog, schema) pairs with keys that the filters leave."""
-    places = [(DUCKDB, MAIN)] + ([(POSTGRES, PUBLIC)] if app.postgres is not None else [])
+    places = [(DUCKDB, MAIN)] + ([(POSTGRES, PUBLIC)] if deps.postgres is not None else [])
     return [(c, s) for c, s in places if catalog in (None, c) and db_schema in (None, s)]
 
 
-def _duckdb_constraints(app: App, ctx: RequestContext) -> list[dict[str, Any]]:
-    return fetch_rows(app.duckdb, ctx, _DUCKDB_CONSTRAINTS)
+def _duckdb_constraints(deps: FlightSqlDeps, ctx: RequestContext) -> list[dict[str, Any]]:
+    return fetch_rows(deps.duckdb, ctx, _DUCKDB_CONSTRAINTS)
 
 
 def primary_keys(
-    app: App, ctx: RequestContext, catalog: str | None, db_schema: str | None, table: str
+    deps: FlightSqlDeps, ctx: RequestContext, catalog: str | None, db_schema: str | None, table: str
 ) -> list[PrimaryKeyColumn]:
     out: list[PrimaryKeyColumn] = []
-    for place in _places(app, catalog, db_schema):
+    for place in _places(deps, catalog, db_schema):
         if place[0] == DUCKDB:
-            for row in _duckdb_constraints(app, ctx):
+            for row in _duckdb_constraints(deps, ctx):
                 if row["constraint_type"] == "PRIMARY KEY" and row["table_name"] == table:
                     for seq, column in enumerate(row["columns"], start=1):
                         out.append(PrimaryKeyColumn(*place, table, column, seq, row["constraint_name"]))
             continue
-        for row in _optional(app, ctx, _POSTGRES_PRIMARY_KEYS, catalog):
+        for row in _optional(deps, ctx, _POSTGRES_PRIMARY_KEYS, catalog):
             if row["table_name"] == table:
                 out.append(PrimaryKeyColumn(*place, table, row["column_name"], row["key_sequence"], row["key_name"]))
     return sorted(out, key=lambda k: (k.catalog_name, k.db_schema_name, k.table_name, k.key_name or "", k.key_sequence))
 
 
-def foreign_keys(app: App, ctx: RequestContext, catalog: str | None, db_schema: str | None) -> list[ForeignKeyColumn]:
+def foreign_keys(
+    deps: FlightSqlDeps, ctx: RequestContext, catalog: str | None, db_schema: str | None
+) -> list[ForeignKeyColumn]:
     """Every foreign key column pair in the catalogs and schemas the filters leave."""
     out: list[ForeignKeyColumn] = []
-    for place in _places(app, catalog, db_schema):
+    for place in _places(deps, catalog, db_schema):
         if place[0] == DUCKDB:
-            rows = _duckdb_constraints(app, ctx)
+            rows = _duckdb_constraints(deps, ctx)
             names = {r["table_name"]: r["constraint_name"] for r in rows if r["constraint_type"] == "PRIMARY KEY"}
             for row in rows:
                 if row["constraint_type"] != "FOREIGN KEY":
@@ -143,7 +145,7 @@ def foreign_keys(app: App, ctx: RequestContext, catalog: str | None, db_schema: 
                         )
                     )  # fmt: skip
             continue
-        for row in _optional(app, ctx, _POSTGRES_FOREIGN_KEYS, catalog):
+        for row in _optional(deps, ctx, _POSTGRES_FOREIGN_KEYS, catalog):
             out.append(
                 _foreign_key(
                     place, (row["pk_table"], row["pk_column"]), (row["fk_table"], row["fk_column"]),
@@ -154,11 +156,11 @@ def foreign_keys(app: App, ctx: RequestContext, catalog: str | None, db_schema: 
     return out
 
 
-def _optional(app: App, ctx: RequestContext, sql: str, catalog: str | None) -> list[dict[str, Any]]:
+def _optional(deps: FlightSqlDeps, ctx: RequestContext, sql: str, catalog: str | None) -> list[dict[str, Any]]:
     """PostgreSQL catalog rows; none while it is down, unless the postgres catalog was asked for."""
-    assert app.postgres is not None
+    assert deps.postgres is not None
     try:
-        return fetch_rows(app.postgres, ctx, sql)
+        return fetch_rows(deps.postgres, ctx, sql)
     except Unavailable:
         if catalog == POSTGRES:
             raise

@@ -58,7 +58,7 @@ from flight_server.flightsql import catalogs, columns, keys, sql_info, xdbc
 from flight_server.security.middleware import require
 
 if TYPE_CHECKING:
-    from flight_server.app import App
+    from flight_server.flightsql.deps import FlightSqlDeps
 
 __all__ = [
     "ResolvedTable",
@@ -197,25 +197,25 @@ def foreign_keys_schema() -> pa.Schema:
 # -- commands ----------------------------------------------------------------------------------
 
 
-def get_catalogs(app: App, ctx: RequestContext) -> pa.Table:
+def get_catalogs(deps: FlightSqlDeps, ctx: RequestContext) -> pa.Table:
     _allowed(ctx)
-    return _table(catalogs_schema(), [{"catalog_name": name} for name in catalogs.catalog_names(app)])
+    return _table(catalogs_schema(), [{"catalog_name": name} for name in catalogs.catalog_names(deps)])
 
 
 def get_db_schemas(
-    app: App, ctx: RequestContext, catalog: str | None, db_schema_filter_pattern: str | None
+    deps: FlightSqlDeps, ctx: RequestContext, catalog: str | None, db_schema_filter_pattern: str | None
 ) -> pa.Table:
     _allowed(ctx)
     rows = [
         {"catalog_name": cat, "db_schema_name": schema}
-        for cat, schema in catalogs.schema_names(app)
+        for cat, schema in catalogs.schema_names(deps)
         if catalog in (None, cat) and catalogs.like(db_schema_filter_pattern, schema)
     ]
     return _table(db_schemas_schema(), rows)
 
 
 def get_tables(
-    app: App,
+    deps: FlightSqlDeps,
     ctx: RequestContext,
     catalog: str | None,
     db_schema_filter_pattern: str | None,
@@ -226,7 +226,7 @@ def get_tables(
     _allowed(ctx)
     entries = [
         e
-        for e in catalogs.list_tables(app, ctx, catalog, db_schema_pattern=db_schema_filter_pattern)
+        for e in catalogs.list_tables(deps, ctx, catalog, db_schema_pattern=db_schema_filter_pattern)
         if catalogs.like(table_name_filter_pattern, e.name) and (not table_types or e.table_type in table_types)
     ]
     rows: list[dict[str, Any]] = [
@@ -234,49 +234,51 @@ def get_tables(
         for e in entries
     ]
     if include_schema:
-        for row, schema in zip(rows, columns.table_schemas(app, ctx, entries), strict=True):
+        for row, schema in zip(rows, columns.table_schemas(deps, ctx, entries), strict=True):
             row["table_schema"] = schema.serialize().to_pybytes()
     return _table(tables_schema(include_schema), rows)
 
 
-def get_table_types(app: App, ctx: RequestContext) -> pa.Table:
+def get_table_types(deps: FlightSqlDeps, ctx: RequestContext) -> pa.Table:
     _allowed(ctx)
     return _table(table_types_schema(), [{"table_type": kind} for kind in sorted(catalogs.TABLE_TYPES)])
 
 
-def get_sql_info(app: App, ctx: RequestContext, info: list[int]) -> pa.Table:
+def get_sql_info(deps: FlightSqlDeps, ctx: RequestContext, info: list[int]) -> pa.Table:
     """The requested SqlInfo ids in request order (all when `info` is empty); unknown ids are left out."""
     _allowed(ctx)
-    return sql_info.info_table(sql_info_schema(), sql_info.info_values(app, ctx, info))
+    return sql_info.info_table(sql_info_schema(), sql_info.info_values(deps, ctx, info))
 
 
-def get_xdbc_type_info(app: App, ctx: RequestContext, data_type: int | None) -> pa.Table:
+def get_xdbc_type_info(deps: FlightSqlDeps, ctx: RequestContext, data_type: int | None) -> pa.Table:
     _allowed(ctx)
     return _table(xdbc_type_info_schema(), xdbc.type_rows(data_type))
 
 
-def get_primary_keys(app: App, ctx: RequestContext, catalog: str | None, db_schema: str | None, table: str) -> pa.Table:
+def get_primary_keys(
+    deps: FlightSqlDeps, ctx: RequestContext, catalog: str | None, db_schema: str | None, table: str
+) -> pa.Table:
     _allowed(ctx)
-    found = keys.primary_keys(app, ctx, catalog, db_schema, table)
+    found = keys.primary_keys(deps, ctx, catalog, db_schema, table)
     return _table(primary_keys_schema(), [asdict(k) for k in found])
 
 
 def get_exported_keys(
-    app: App, ctx: RequestContext, catalog: str | None, db_schema: str | None, table: str
+    deps: FlightSqlDeps, ctx: RequestContext, catalog: str | None, db_schema: str | None, table: str
 ) -> pa.Table:
     """Foreign keys that reference `table`'s primary key."""
-    return _foreign_keys(app, ctx, catalog, db_schema, lambda found: keys.exported_keys(found, table))
+    return _foreign_keys(deps, ctx, catalog, db_schema, lambda found: keys.exported_keys(found, table))
 
 
 def get_imported_keys(
-    app: App, ctx: RequestContext, catalog: str | None, db_schema: str | None, table: str
+    deps: FlightSqlDeps, ctx: RequestContext, catalog: str | None, db_schema: str | None, table: str
 ) -> pa.Table:
     """Foreign keys of `table`, with the primary keys they reference."""
-    return _foreign_keys(app, ctx, catalog, db_schema, lambda found: keys.imported_keys(found, table))
+    return _foreign_keys(deps, ctx, catalog, db_schema, lambda found: keys.imported_keys(found, table))
 
 
 def get_cross_reference(
-    app: App,
+    deps: FlightSqlDeps,
     ctx: RequestContext,
     pk_catalog: str | None,
     pk_db_schema: str | None,
@@ -293,11 +295,11 @@ def get_cross_reference(
         ]
         return keys.cross_reference(found, pk_table, fk_table)
 
-    return _foreign_keys(app, ctx, pk_catalog, pk_db_schema, choose)
+    return _foreign_keys(deps, ctx, pk_catalog, pk_db_schema, choose)
 
 
 def _foreign_keys(
-    app: App,
+    deps: FlightSqlDeps,
     ctx: RequestContext,
     catalog: str | None,
     db_schema: str | None,
@@ -305,7 +307,7 @@ def _foreign_keys(
 ) -> pa.Table:
     """The foreign keys in the catalog and schema (None: any) that `choose` keeps, in its order."""
     _allowed(ctx)
-    found = choose(keys.foreign_keys(app, ctx, catalog, db_schema))
+    found = choose(keys.foreign_keys(deps, ctx, catalog, db_schema))
     return _table(foreign_keys_schema(), [asdict(k) for k in found])
 
 
@@ -327,10 +329,10 @@ class ResolvedTable:
 
 
 def resolve_table(
-    app: App, ctx: RequestContext, catalog: str | None, db_schema: str | None, table: str
+    deps: FlightSqlDeps, ctx: RequestContext, catalog: str | None, db_schema: str | None, table: str
 ) -> ResolvedTable:
     """The table `catalog.db_schema.table` (None parts: any) names; NotFound when unknown."""
     _allowed(ctx)
-    entry = catalogs.find_table(app, ctx, catalog, db_schema, table)
-    (schema,) = columns.table_schemas(app, ctx, [entry])
+    entry = catalogs.find_table(deps, ctx, catalog, db_schema, table)
+    (schema,) = columns.table_schemas(deps, ctx, [entry])
     return ResolvedTable(entry.engine, entry.target, schema)

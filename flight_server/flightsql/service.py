@@ -1,7 +1,7 @@
 """Flight SQL requests, decoded by server.py, answered through the project's own paths.
 
 Statements become the same `Command`s JSON clients send (statements.py) and are
-planned by `app.executor`, so router, cache, scoping, limits, audit and metrics apply
+planned by the executor, so router, cache, scoping, limits, audit and metrics apply
 alike. A statement's ticket is a `TicketStatementQuery` whose handle is JSON: the
 command and the query id its FlightInfo announced (or a prepared statement's handle).
 DoGet authorizes the caller again and plans the command anew for that caller.
@@ -17,7 +17,6 @@ import pyarrow.flight as flight
 from google.protobuf.message import Message
 from sqlglot import exp
 
-from flight_server.app import App
 from flight_server.commands import Command, load_json, parse_command
 from flight_server.context import RequestContext
 from flight_server.errors import Cancelled, ChronoError, InvalidArgument
@@ -25,6 +24,7 @@ from flight_server.executor import OpenResult, Plan
 from flight_server.flightsql import flight_sql_pb2 as sql
 from flight_server.flightsql.browse import MetadataQueries
 from flight_server.flightsql.cancel import QueryTickets
+from flight_server.flightsql.deps import FlightSqlDeps
 from flight_server.flightsql.ingest import ingest
 from flight_server.flightsql.metadata import resolve_table
 from flight_server.flightsql.prepared import BoundRun, PreparedStatement, PreparedStatements
@@ -45,11 +45,11 @@ REFUSED = {
 
 
 class FlightSqlService:
-    def __init__(self, app: App) -> None:
-        self.app = app
-        self.prepared = PreparedStatements(app.settings.flightsql)
+    def __init__(self, deps: FlightSqlDeps) -> None:
+        self.deps = deps
+        self.prepared = PreparedStatements(deps.settings.flightsql)
         self.tickets = QueryTickets()
-        self.metadata = MetadataQueries(app)
+        self.metadata = MetadataQueries(deps)
 
     # -- GetFlightInfo / GetSchema -----------------------------------------------------
 
@@ -63,17 +63,17 @@ class FlightSqlService:
             endpoint = flight.FlightEndpoint(pack(command), [])
             return flight.FlightInfo(schema, descriptor, [endpoint], -1, -1), name, {}
         if isinstance(command, sql.CommandStatementQuery):
-            plan = self.app.executor.plan(self._statement(command.query, command), ctx)
+            plan = self.deps.executor.plan(self._statement(command.query, command), ctx)
             handle = {"command": json.loads(plan.command.to_json()), "query_id": plan.query_id}
         elif isinstance(command, sql.CommandPreparedStatementQuery):
             statement = self.prepared.get(ctx.caller, command.prepared_statement_handle)
             if len(statement.parameter_schema) and not statement.rows:
                 raise InvalidArgument("the statement has parameters: bind their values (DoPut) before executing it")
-            plan = self.app.executor.plan(statement.commands()[0], ctx)
+            plan = self.deps.executor.plan(statement.commands()[0], ctx)
             handle = {"prepared": statement.handle.hex(), "query_id": plan.query_id}
         else:
             raise InvalidArgument(f"{name} is not a query; GetFlightInfo takes queries and metadata commands")
-        schema, cache = self.app.executor.describe(plan, ctx)
+        schema, cache = self.deps.executor.describe(plan, ctx)
         self.tickets.announce(plan.query_id, ctx.caller)
         ticket = pack(sql.TicketStatementQuery(statement_handle=json.dumps(handle).encode()))
         metadata = plan.metadata(cache)
@@ -92,8 +92,8 @@ class FlightSqlService:
         if self.metadata.handles(command):
             return self.metadata.schema(command, ctx)
         if isinstance(command, sql.CommandStatementQuery):
-            plan = self.app.executor.plan(self._statement(command.query, command), ctx)
-            return client_schema(self.app.executor.describe(plan, ctx)[0])
+            plan = self.deps.executor.plan(self._statement(command.query, command), ctx)
+            return client_schema(self.deps.executor.describe(plan, ctx)[0])
         if isinstance(command, sql.CommandPreparedStatementQuery):
             return self.prepared.get(ctx.caller, command.prepared_statement_handle).dataset_schema
         raise InvalidArgument(f"{name} has no result schema")
@@ -101,7 +101,7 @@ class FlightSqlService:
     def _statement(self, text: str, command: Message) -> Command:
         if command.HasField("transaction_id"):
             raise InvalidArgument("transactions are not supported: " + READ_ONLY)
-        return statement_command(text, self.app.catalog)
+        return statement_command(text, self.deps.catalog)
 
     # -- DoGet -------------------------------------------------------------------------
 
@@ -114,21 +114,21 @@ class FlightSqlService:
         query_id, prepared, handle = _statement_ticket(command.statement_handle)
         if self.tickets.cancelled(query_id):
             raise Cancelled("the query was cancelled")
-        if self.tickets.owned_by(query_id, ctx.caller) and query_id not in self.app.running:
+        if self.tickets.owned_by(query_id, ctx.caller) and query_id not in self.deps.running:
             ctx.query_id = query_id  # the id its FlightInfo announced, so CancelFlightInfo finds it
         if prepared is not None:
             statement = self.prepared.get(ctx.caller, prepared)
             commands = statement.commands()
             if len(commands) > 1:
                 return self._run_many(commands, ctx)
-            return self.app.executor.plan(commands[0], ctx)
+            return self.deps.executor.plan(commands[0], ctx)
         if "command" not in handle:
             raise InvalidArgument(MALFORMED_TICKET)
-        return self.app.executor.plan(parse_command(json.dumps(handle["command"]).encode()), ctx)
+        return self.deps.executor.plan(parse_command(json.dumps(handle["command"]).encode()), ctx)
 
     def _run_many(self, commands: list[Command], ctx: RequestContext) -> BoundRun:
         """A statement bound to many parameter rows: run once per row, streamed (`BoundRun`)."""
-        executor = self.app.executor
+        executor = self.deps.executor
         first = executor.plan(commands[0], ctx)
         schema = client_schema(executor.describe(first, ctx)[0])  # remembered since its FlightInfo
 
@@ -137,8 +137,8 @@ class FlightSqlService:
             return conform_result(executor.open(plan, ctx))
 
         slot = (
-            lambda: self.app.limits.acquire(ctx.caller, ctx.peer),
-            lambda: self.app.limits.release(ctx.caller, ctx.peer),
+            lambda: self.deps.limits.acquire(ctx.caller, ctx.peer),
+            lambda: self.deps.limits.release(ctx.caller, ctx.peer),
         )
         return BoundRun(schema, len(commands), open_row, slot)
 
@@ -151,7 +151,7 @@ class FlightSqlService:
         name = _refuse(command)
         if isinstance(command, sql.CommandStatementIngest):
             require(ctx.caller, "ingest", "ingest data")
-            result = ingest(self.app, command, reader, cancelled, ctx.caller)
+            result = ingest(self.deps, command, reader, cancelled, ctx.caller)
             answer = sql.DoPutUpdateResult(record_count=result["rows"]).SerializeToString()
             return answer, "ingest", {"dataset": command.table.lower(), "rows": result["rows"]}
         if isinstance(command, sql.CommandPreparedStatementQuery):
@@ -162,7 +162,7 @@ class FlightSqlService:
         raise InvalidArgument(f"{name} is not accepted by DoPut; bulk ingest takes CommandStatementIngest")
 
     def _bind(self, statement: PreparedStatement, table: pa.Table) -> int:
-        limit = self.app.settings.flightsql.max_bind_rows
+        limit = self.deps.settings.flightsql.max_bind_rows
         if table.num_rows > limit:
             raise InvalidArgument(f"bind of {table.num_rows} parameter rows; at most {limit} per execution")
         statement.rows = bind_rows(table, statement.parameter_schema)
@@ -189,9 +189,9 @@ class FlightSqlService:
                 [None] * len(parameters) if parameters.names[0].isdigit() else dict.fromkeys(parameters.names)
             )
             probe = Command(command.kind, command.target, nulls, command.engine, command.cache)
-        plan = self.app.executor.plan(probe, ctx)  # checks the statement now: bad SQL fails at prepare
+        plan = self.deps.executor.plan(probe, ctx)  # checks the statement now: bad SQL fails at prepare
         # remembered by plan, so the GetFlightInfo that follows does not describe it again
-        dataset = client_schema(self.app.executor.describe(plan, ctx)[0])
+        dataset = client_schema(self.deps.executor.describe(plan, ctx)[0])
         statement = self.prepared.create(ctx.caller, command, dataset, parameters)
         result = sql.ActionCreatePreparedStatementResult(
             prepared_statement_handle=statement.handle,
@@ -203,7 +203,7 @@ class FlightSqlService:
     def _table_schema(self, table: exp.Table, ctx: RequestContext) -> pa.Schema | None:
         """A table's schema for typing parameters; None when it cannot be found."""
         try:
-            return resolve_table(self.app, ctx, table.catalog or None, table.db or None, table.name).schema
+            return resolve_table(self.deps, ctx, table.catalog or None, table.db or None, table.name).schema
         except ChronoError:
             return None
 
@@ -221,7 +221,7 @@ class FlightSqlService:
             query_id = _ticket_query_id(endpoint.ticket.ticket)
             if query_id is not None and self.tickets.may_cancel(query_id, ctx.caller):
                 self.tickets.cancel(query_id)
-                self.app.running.cancel(query_id)
+                self.deps.running.cancel(query_id)
                 found = True
         return found
 

@@ -18,7 +18,7 @@ from flight_server.context import RequestContext
 from flight_server.flightsql.catalogs import fetch_rows
 
 if TYPE_CHECKING:
-    from flight_server.app import App
+    from flight_server.flightsql.deps import FlightSqlDeps
 
 # dense union type codes of the `value` column
 STRING, BOOL, BIGINT, INT32, STRING_LIST, INT32_MAP = 0, 1, 2, 3, 4, 5
@@ -74,12 +74,12 @@ DATETIME_FUNCTIONS = (
 _KEYWORDS_SQL = "SELECT upper(keyword_name) AS keyword FROM duckdb_keywords() ORDER BY 1"
 
 
-def _static_info(app: App) -> dict[int, tuple[int, Any]]:
+def _static_info(deps: FlightSqlDeps) -> dict[int, tuple[int, Any]]:
     """Every SqlInfo id the server answers, with its union type code and value."""
     return {
         # server
         0: (STRING, "Chrono Flight"),
-        1: (STRING, app.version),
+        1: (STRING, deps.version),
         2: (STRING, pa.__version__),
         3: (BOOL, True),  # read-only: updates are refused; rows arrive through bulk ingest
         4: (BOOL, True),  # SQL
@@ -89,7 +89,7 @@ def _static_info(app: App) -> dict[int, tuple[int, Any]]:
         10: (BOOL, True),  # bulk ingestion (CommandStatementIngest)
         11: (BOOL, False),  # transactions for bulk ingestion
         # prepared statement handles close after this many idle milliseconds (each use resets it)
-        100: (INT32, min(2**31 - 1, int(app.settings.flightsql.prepared_idle_s * 1000))),
+        100: (INT32, min(2**31 - 1, int(deps.settings.flightsql.prepared_idle_s * 1000))),
         101: (INT32, 0),  # transaction timeout (ms): none
         # SQL syntax
         500: (BOOL, False),  # DDL: catalogs
@@ -156,18 +156,18 @@ def _static_info(app: App) -> dict[int, tuple[int, Any]]:
 SQL_KEYWORDS = 508
 
 
-def info_values(app: App, ctx: RequestContext, info: list[int]) -> list[tuple[int, int, Any]]:
+def info_values(deps: FlightSqlDeps, ctx: RequestContext, info: list[int]) -> list[tuple[int, int, Any]]:
     """(id, union type code, value) for the requested ids, in request order; [] asks for all.
 
     Ids the server does not know are left out: the protocol lets a server answer more
     than the required set, and a driver asking for a newer id gets the rest.
     """
-    known = _static_info(app)
+    known = _static_info(deps)
     wanted = list(dict.fromkeys(info)) if info else sorted([*known, SQL_KEYWORDS])
     out = []
     for code in wanted:
         if code == SQL_KEYWORDS:
-            keywords = [row["keyword"] for row in fetch_rows(app.duckdb, ctx, _KEYWORDS_SQL)]
+            keywords = [row["keyword"] for row in fetch_rows(deps.duckdb, ctx, _KEYWORDS_SQL)]
             out.append((code, STRING_LIST, keywords))
         elif code in known:
             out.append((code, *known[code]))
