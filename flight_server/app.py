@@ -168,7 +168,7 @@ class App:
             unwind.callback(self.sync.close)
         if self.postgres_setup is not None:
             self.postgres_setup.retry_in_background(self._postgres_ready)
-        self.warmer = CacheWarmer(self.executor, self.cache, settings.cache)
+        self.warmer = CacheWarmer(self.executor.warm, self.cache, settings.cache)
         unwind.callback(self.warmer.close)
         self.warmer.warm_soon("start-up")
         self.stats = RequestStats()
