@@ -26,13 +26,14 @@ from flight_server.engines.duckdb import DuckDBEngine
 from flight_server.engines.hybrid import HybridRunner
 from flight_server.engines.postgres import PostgresEngine
 from flight_server.engines.postgres_setup import PostgresSetup
-from flight_server.errors import one_line
+from flight_server.errors import Unavailable, one_line
 from flight_server.executor import QueryExecutor
 from flight_server.ingest.datasets import DatasetRegistry
 from flight_server.ingest.service import IngestService
+from flight_server.ops.health import Probe
 from flight_server.ops.lifecycle import Lifecycle
-from flight_server.ops.live import LiveMetrics
-from flight_server.ops.metrics import Metrics
+from flight_server.ops.live import LiveMetrics, LiveSample
+from flight_server.ops.metrics import Metrics, MetricSources
 from flight_server.ops.resources import ResourceMonitor
 from flight_server.replicas import ReplicaRouter
 from flight_server.router import Router, TableRegistry
@@ -168,7 +169,7 @@ class App:
             unwind.callback(self.sync.close)
         if self.postgres_setup is not None:
             self.postgres_setup.retry_in_background(self._postgres_ready)
-        self.warmer = CacheWarmer(self.executor, self.cache, settings.cache)
+        self.warmer = CacheWarmer(self.executor.warm, self.cache, settings.cache)
         unwind.callback(self.warmer.close)
         self.warmer.warm_soon("start-up")
         self.stats = RequestStats()
@@ -176,7 +177,7 @@ class App:
             settings.data_dir, self._duckdb_memory, settings.duckdb.memory_limit, settings.health_interval_s
         )
         unwind.callback(self.resources.close)
-        self.live = LiveMetrics(self)
+        self.live = LiveMetrics(self._live_sample, self.lifecycle)
 
     def uptime_s(self) -> float:
         return round(time.time() - self.started, 3)
@@ -192,6 +193,84 @@ class App:
 
     def _duckdb_memory(self) -> int | None:
         return int(self.duckdb.health()["memory_bytes"])
+
+    def _live_sample(self) -> LiveSample:
+        """The server's state for a row of live metrics."""
+        by_status = self.stats.snapshot()["by_status"]
+        total = sum(by_status.values())
+        try:
+            duckdb_memory = self._duckdb_memory()
+        except Exception:  # closing or busy: unknown this time
+            duckdb_memory = None
+        l1 = self.cache.l1.stats()
+        resources = self.resources.latest
+        return LiveSample(
+            uptime_s=self.uptime_s(),
+            active_queries=len(self.running),
+            requests_total=total,
+            errors_total=total - by_status.get("ok", 0),
+            duckdb_memory_bytes=duckdb_memory,
+            cache_hit_ratio=self.cache.hit_ratio(),
+            cache_l1_entries=l1.get("entries", 0),
+            cache_l1_bytes=l1.get("bytes", 0),
+            cpu_ratio=resources.cpu_ratio if resources else None,
+            system_cpu_ratio=resources.system_cpu_ratio if resources else None,
+        )
+
+    def metric_sources(self) -> MetricSources:
+        """What the Prometheus state metrics read at every scrape."""
+        l2, sync = self.cache.l2, self.sync
+        return MetricSources(
+            version=self.version,
+            uptime_s=self.uptime_s,
+            cache_counts=lambda: self.cache.counts,
+            cache_hit_ratio=self.cache.hit_ratio,
+            cache_l1=self.cache.l1.stats,
+            redis_errors=None if l2 is None else lambda: l2.errors,
+            routing_decisions=self.router.decisions,
+            breakers=lambda: {name: breaker.snapshot() for name, breaker in self.breakers().items()},
+            resources=self.resources,
+            sync_status=None if sync is None else sync.status,
+            active_queries=lambda: len(self.running),
+            in_flight=lambda: self.lifecycle.in_flight,
+            live_subscribers=lambda: self.live.subscribers,
+            warming_stats=self.warmer.stats,
+        )
+
+    def health_probes(self) -> dict[str, Probe]:
+        """The health checker's probes, for the configured components only."""
+
+        def duckdb_up() -> bool:
+            self.duckdb.health()  # answers, or raises the reason
+            return True
+
+        probes: dict[str, Probe] = {"duckdb": duckdb_up}
+        postgres, l2, sync = self.postgres, self.cache.l2, self.sync
+        if postgres is not None:
+
+            def postgres_up() -> bool:
+                postgres.health()  # the ping is also the breaker's probe: a recovery is noticed without traffic
+                return postgres.breaker.state != "open"
+
+            probes["postgres"] = postgres_up
+        if l2 is not None:
+
+            def redis_up() -> bool:
+                if not l2.ping():
+                    raise Unavailable("ping failed or circuit breaker open")
+                return True
+
+            probes["redis"] = redis_up
+        if sync is not None:
+
+            def sync_up() -> bool:
+                serving, detail = sync.health()
+                if not serving:
+                    raise Unavailable(detail)
+                return True
+
+            probes["sync"] = sync_up
+        return probes
 
     def _lookup_user(self, username: str) -> Credentials | None:
         """Basic-auth users: the configured list first, then approved users of the users table.

@@ -16,7 +16,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Generic, TypeVar
 
 import pyarrow as pa
@@ -585,3 +585,14 @@ class QueryExecutor:
             return pa.Table.from_batches(batches, schema=result.schema)
         finally:
             result.close()
+
+    def warm(self, command: Command, ctx: RequestContext) -> bool:
+        """Refill the cache entry of `command` as `ctx`'s caller gets it; False when it is still cached.
+
+        The run is not counted as a use, so warming does not keep its own entries hot.
+        """
+        plan = self.plan(replace(command, cache="refresh"), ctx)
+        if self.cache_status(plan, ctx) != "miss":
+            return False
+        self.run_to_table(plan, ctx, count_use=False)
+        return True

@@ -63,12 +63,13 @@ class Runner:
             self.metrics_server, self.metrics_port = serve_metrics(
                 self.app.metrics.registry, self.settings.host, self.settings.metrics_port
             )
-            self.app.metrics.watch(self.app, self.health.snapshot)
+            self.app.metrics.watch(self.app.metric_sources(), self.health.snapshot)
             self.server = ChronoFlightServer(self.app)
         except BaseException:
             self._close_parts()
             raise
-        self.health.attach(self.app)
+        app = self.app
+        self.health.attach(app.health_probes(), lambda: app.lifecycle.serving)
 
     def install_signal_handlers(self) -> None:
         """SIGTERM and SIGINT start the graceful shutdown (main thread only)."""

@@ -8,25 +8,28 @@ dashboard load is a hit. Bounded in count (`warm_top_n`) and concurrency
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, wait
 from typing import Any
 
 from flight_server.cache.tiered import TieredCache
-from flight_server.commands import parse_command
+from flight_server.commands import Command, parse_command
 from flight_server.context import Caller, RequestContext
-from flight_server.executor import QueryExecutor
 from flight_server.settings import CacheSettings
 
 logger = logging.getLogger(__name__)
 
 
 class CacheWarmer:
-    def __init__(self, executor: QueryExecutor, cache: TieredCache, settings: CacheSettings) -> None:
-        self._executor = executor
+    """Warms the cache through `warm(command, ctx)`: it refills the entry if it is missing, True when it ran."""
+
+    def __init__(
+        self, warm: Callable[[Command, RequestContext], bool], cache: TieredCache, settings: CacheSettings
+    ) -> None:
+        self._warm = warm
         self._cache = cache
         self._top_n = settings.warm_top_n if cache.enabled else 0
         self._pool = ThreadPoolExecutor(max_workers=settings.warm_concurrency, thread_name_prefix="cache-warm")
@@ -85,11 +88,8 @@ class CacheWarmer:
                 projects=None if scope == "*" else tuple(scope.split(",")),
             )
             ctx = RequestContext(rpc="warm", caller=caller)
-            plan = self._executor.plan(dataclasses.replace(command, cache="refresh"), ctx)
-            if self._executor.cache_status(plan, ctx) != "miss":
-                return  # still cached
-            self._executor.run_to_table(plan, ctx, count_use=False)
-            self.warmed += 1
+            if self._warm(command, ctx):
+                self.warmed += 1
         except Exception as exc:  # a warming failure must never surface anywhere else
             self.failures += 1
             logger.warning("cache warming failed", extra={"fields": {"error": str(exc).splitlines()[0][:200]}})

@@ -17,18 +17,14 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent import futures
-from typing import TYPE_CHECKING
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from flight_server.errors import ResourceExhausted
 from flight_server.settings import Settings
-
-if TYPE_CHECKING:
-    from flight_server.app import App
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +43,11 @@ def components(settings: Settings) -> list[str]:
     if settings.postgres.uri and settings.sync.enabled:
         names.append("sync")
     return names
+
+
+Probe = Callable[[], bool]
+"""True: serving. False or an exception: not serving (the exception's text is the reason);
+RESOURCE_EXHAUSTED counts as serving (every connection busy: the component works, it is full)."""
 
 
 def bind_address(host: str, port: int) -> str:
@@ -70,7 +71,8 @@ class HealthService:
         for name in self.components:
             self._servicer.set(name, NOT_SERVING)
         self._lock = threading.Lock()
-        self._app: App | None = None
+        self._probes: Mapping[str, Probe] | None = None
+        self._serving: Callable[[], bool] = lambda: False
         self._draining = False
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -86,9 +88,14 @@ class HealthService:
         self._server.start()
         return self.port
 
-    def attach(self, app: App) -> None:
-        """The server is ready: check now, then every interval in the background."""
-        self._app = app
+    def attach(self, probes: Mapping[str, Probe], serving: Callable[[], bool]) -> None:
+        """The server is ready: check now, then every interval in the background.
+
+        `probes` by component, for the configured components (`duckdb` always); `serving`
+        says whether the Flight server takes calls.
+        """
+        self._probes = probes
+        self._serving = serving
         self.check()
         self._thread = threading.Thread(target=self._run, name="health-checker", daemon=True)
         self._thread.start()
@@ -102,38 +109,27 @@ class HealthService:
 
     def check(self) -> dict[str, bool]:
         """Probe every component and publish the statuses; what was published."""
-        app = self._app
-        if app is None or self._draining:
+        probes = self._probes
+        if probes is None or self._draining:
             return self.snapshot()
-        status = {"flight": app.lifecycle.serving, "duckdb": self._probe("duckdb", app.duckdb.health)}
-        if "postgres" in self._status and app.postgres is not None:
-            postgres = app.postgres
-            status["postgres"] = self._probe("postgres", postgres.health) and postgres.breaker.state != "open"
-        if "redis" in self._status:
-            l2 = app.cache.l2
-            status["redis"] = l2 is not None and l2.ping()
-            if not status["redis"]:
-                self.errors["redis"] = "ping failed or circuit breaker open"
-        if "sync" in self._status and app.sync is not None:
-            status["sync"], detail = app.sync.health()
-            if status["sync"]:
-                self.errors.pop("sync", None)
-            else:
-                self.errors["sync"] = detail
-        status[OVERALL] = status["flight"] and status["duckdb"]
+        status = {"flight": self._serving()}
+        for name in self.components:
+            if name in probes:
+                status[name] = self._probe(name, probes[name])
+        status[OVERALL] = status["flight"] and status.get("duckdb", False)
         self._publish(status)
         return self.snapshot()
 
-    def _probe(self, name: str, ping: Callable[[], object]) -> bool:
+    def _probe(self, name: str, probe: Probe) -> bool:
         try:
-            ping()
+            serving = probe()
         except ResourceExhausted:  # every connection busy: the engine works, it is just full
             return True
         except Exception as exc:
             self.errors[name] = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
             return False
         self.errors.pop(name, None)
-        return True
+        return serving
 
     def _publish(self, status: dict[str, bool]) -> None:
         with self._lock:

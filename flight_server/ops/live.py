@@ -13,7 +13,8 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import Any
 
 import psutil
 import pyarrow as pa
@@ -21,9 +22,7 @@ import pyarrow.flight as flight
 
 from flight_server.commands import load_json
 from flight_server.errors import InvalidArgument, ResourceExhausted
-
-if TYPE_CHECKING:
-    from flight_server.app import App
+from flight_server.ops.lifecycle import Lifecycle
 
 logger = logging.getLogger(__name__)
 
@@ -76,11 +75,28 @@ def parse_subscription(descriptor: flight.FlightDescriptor) -> float:
     return float(interval)
 
 
+@dataclass(frozen=True)
+class LiveSample:
+    """The server's state for one row, read by the composition root at every row."""
+
+    uptime_s: float
+    active_queries: int
+    requests_total: int
+    errors_total: int
+    duckdb_memory_bytes: int | None  # None: closing or busy, unknown this time
+    cache_hit_ratio: float | None
+    cache_l1_entries: int
+    cache_l1_bytes: int
+    cpu_ratio: float | None  # the resource monitor's last figures (None before its first sample)
+    system_cpu_ratio: float | None
+
+
 class LiveMetrics:
     """Open live streams and what one row of metrics holds."""
 
-    def __init__(self, app: App) -> None:
-        self._app = app
+    def __init__(self, sample: Callable[[], LiveSample], lifecycle: Lifecycle) -> None:
+        self._sample = sample
+        self._lifecycle = lifecycle
         self._lock = threading.Lock()
         self.subscribers = 0
 
@@ -111,14 +127,14 @@ class LiveMetrics:
     ) -> int:
         client_done = threading.Event()
         threading.Thread(target=_watch_client, args=(reader, client_done), name="live-client", daemon=True).start()
-        stopping = self._app.lifecycle.stopping
+        stopping = self._lifecycle.stopping
         process = psutil.Process()
         process.cpu_percent(None)
-        last = (time.monotonic(), self._counts())
+        last = (time.monotonic(), self._sample())
         sent = 0
         writer.begin(SCHEMA)
         while True:
-            now = time.monotonic(), self._counts()
+            now = time.monotonic(), self._sample()
             try:
                 writer.write_batch(self.row(process, last, now))
             except (flight.FlightError, OSError) as exc:  # the client went away mid-write
@@ -132,44 +148,35 @@ class LiveMetrics:
                     return sent
                 client_done.wait(min(0.05, max(0.0, deadline - time.monotonic())))
 
-    def _counts(self) -> tuple[int, int]:
-        by_status = self._app.stats.snapshot()["by_status"]
-        total = sum(by_status.values())
-        return total, total - by_status.get("ok", 0)
-
     def row(
         self,
         process: psutil.Process,
-        last: tuple[float, tuple[int, int]],
-        now: tuple[float, tuple[int, int]],
+        last: tuple[float, LiveSample],
+        now: tuple[float, LiveSample],
     ) -> pa.RecordBatch:
-        app = self._app
+        """One row: the state sampled `now`, with the rates since `last`."""
         elapsed = max(now[0] - last[0], 1e-9)
-        sample = app.resources.latest
+        state = now[1]
         cpu = min(process.cpu_percent(None) / 100.0 / (psutil.cpu_count() or 1), 1.0)  # since the last row
-        try:
-            duckdb_memory: int | None = int(app.duckdb.health()["memory_bytes"])
-        except Exception:  # closing or busy: unknown this time
-            duckdb_memory = None
-        l1 = app.cache.l1.stats()
+        measured = last[0] != now[0]
         values: dict[str, Any] = {
             "timestamp": dt.datetime.now(dt.UTC),
-            "uptime_s": app.uptime_s(),
-            "status": app.lifecycle.state,
+            "uptime_s": state.uptime_s,
+            "status": self._lifecycle.state,
             # the first row comes right after priming: too soon to measure, the monitor's figure
-            "cpu_ratio": cpu if elapsed >= MIN_INTERVAL_S / 2 else sample.cpu_ratio if sample else None,
-            "system_cpu_ratio": sample.system_cpu_ratio if sample else None,
+            "cpu_ratio": cpu if elapsed >= MIN_INTERVAL_S / 2 else state.cpu_ratio,
+            "system_cpu_ratio": state.system_cpu_ratio,
             "system_memory_ratio": psutil.virtual_memory().percent / 100.0,
             "rss_bytes": process.memory_info().rss,
-            "duckdb_memory_bytes": duckdb_memory,
-            "active_queries": len(app.running),
-            "in_flight_calls": app.lifecycle.in_flight,
-            "requests_total": now[1][0],
-            "requests_per_s": (now[1][0] - last[1][0]) / elapsed if last[0] != now[0] else 0.0,
-            "errors_per_s": (now[1][1] - last[1][1]) / elapsed if last[0] != now[0] else 0.0,
-            "cache_hit_ratio": app.cache.hit_ratio(),
-            "cache_l1_entries": l1.get("entries", 0),
-            "cache_l1_bytes": l1.get("bytes", 0),
+            "duckdb_memory_bytes": state.duckdb_memory_bytes,
+            "active_queries": state.active_queries,
+            "in_flight_calls": self._lifecycle.in_flight,
+            "requests_total": state.requests_total,
+            "requests_per_s": (state.requests_total - last[1].requests_total) / elapsed if measured else 0.0,
+            "errors_per_s": (state.errors_total - last[1].errors_total) / elapsed if measured else 0.0,
+            "cache_hit_ratio": state.cache_hit_ratio,
+            "cache_l1_entries": state.cache_l1_entries,
+            "cache_l1_bytes": state.cache_l1_bytes,
             "live_subscribers": self.subscribers,
         }
         return pa.RecordBatch.from_pylist([values], schema=SCHEMA)

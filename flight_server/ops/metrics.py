@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterator, Mapping
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import Any
 from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
@@ -21,13 +22,32 @@ from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
-if TYPE_CHECKING:
-    from flight_server.app import App
+from flight_server.ops.resources import ResourceMonitor
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
 MAX_ROUTES = 200  # distinct route labels; later ones are counted as "other"
 BREAKER_STATES = {"closed": 0, "half-open": 1, "open": 2}
 REQUEST_LABELS = ("rpc", "route", "engine", "status")
+
+
+@dataclass(frozen=True)
+class MetricSources:
+    """Where the state metrics come from: read at every scrape, built by the composition root."""
+
+    version: str
+    uptime_s: Callable[[], float]
+    cache_counts: Callable[[], Mapping[str, int]]  # lookups by result, stores, too_large, coalesced, bumps
+    cache_hit_ratio: Callable[[], float | None]
+    cache_l1: Callable[[], Mapping[str, int]]  # entries, bytes
+    redis_errors: Callable[[], int] | None  # None: no Redis (L2) configured
+    routing_decisions: Callable[[], Mapping[tuple[str, str, bool], int]]  # (route, engine, fallback) -> count
+    breakers: Callable[[], Mapping[str, Mapping[str, Any]]]  # circuit breaker snapshots by dependency
+    resources: ResourceMonitor
+    sync_status: Callable[[], Mapping[str, Any]] | None  # None: sync is off
+    active_queries: Callable[[], int]
+    in_flight: Callable[[], int]
+    live_subscribers: Callable[[], int]
+    warming_stats: Callable[[], Mapping[str, Any]]
 
 
 class Metrics:
@@ -98,16 +118,16 @@ class Metrics:
             self.ingested_rows.labels(dataset).inc(int(fields.get("rows") or 0))
             self.ingested_bytes.labels(dataset).inc(int(fields.get("bytes") or 0))
 
-    def watch(self, app: App, health: Callable[[], dict[str, bool]] | None = None) -> None:
-        """Export the state of `app` (and of its health service) at every scrape."""
-        self.registry.register(StateCollector(app, health))
+    def watch(self, sources: MetricSources, health: Callable[[], dict[str, bool]] | None = None) -> None:
+        """Export the server's state (and its health service's) at every scrape."""
+        self.registry.register(StateCollector(sources, health))
 
 
 class StateCollector(Collector):
     """Reads the server's state at scrape time."""
 
-    def __init__(self, app: App, health: Callable[[], dict[str, bool]] | None) -> None:
-        self._app = app
+    def __init__(self, sources: MetricSources, health: Callable[[], dict[str, bool]] | None) -> None:
+        self._sources = sources
         self._health = health
 
     def collect(self) -> Iterator[Metric]:
@@ -118,8 +138,8 @@ class StateCollector(Collector):
         yield from self._server()
 
     def _cache(self) -> Iterator[Metric]:
-        cache = self._app.cache
-        counts = dict(cache.counts)
+        sources = self._sources
+        counts = dict(sources.cache_counts())
         lookups = CounterMetricFamily(
             "chrono_cache_lookups",
             "Result cache lookups by result (hit_l1, hit_l2, miss, bypass, refresh)",
@@ -135,27 +155,27 @@ class StateCollector(Collector):
             ("chrono_cache_version_bumps", "bumps", "Data version bumps (ingest, invalidation)"),
         ):
             yield CounterMetricFamily(name, text, value=counts.get(key, 0))
-        ratio = cache.hit_ratio()
+        ratio = sources.cache_hit_ratio()
         yield GaugeMetricFamily(
             "chrono_cache_hit_ratio",
             "Hits / (hits + misses) since start (NaN before any lookup)",
             value=float("nan") if ratio is None else ratio,
         )
-        l1 = cache.l1.stats()
+        l1 = sources.cache_l1()
         entries = GaugeMetricFamily("chrono_cache_entries", "Results held by a cache level", labels=["level"])
         entries.add_metric(["l1"], l1.get("entries", 0))
         yield entries
         size = GaugeMetricFamily("chrono_cache_bytes", "Arrow bytes held by a cache level", labels=["level"])
         size.add_metric(["l1"], l1.get("bytes", 0))
         yield size
-        if cache.l2 is not None:
-            yield CounterMetricFamily("chrono_redis_errors", "Failed Redis calls", value=cache.l2.errors)
+        if sources.redis_errors is not None:
+            yield CounterMetricFamily("chrono_redis_errors", "Failed Redis calls", value=sources.redis_errors())
 
     def _routing(self) -> Iterator[Metric]:
         decisions = CounterMetricFamily(
             "chrono_routing_decisions", "Engines chosen by the router", labels=["route", "engine", "fallback"]
         )
-        for (route, engine, fallback), n in self._app.router.decisions().items():
+        for (route, engine, fallback), n in self._sources.routing_decisions().items():
             decisions.add_metric([route, engine, "true" if fallback else "false"], n)
         yield decisions
         state = GaugeMetricFamily(
@@ -164,15 +184,14 @@ class StateCollector(Collector):
         trips = CounterMetricFamily(
             "chrono_circuit_breaker_trips", "Times a circuit breaker opened", labels=["breaker"]
         )
-        for name, breaker in self._app.breakers().items():
-            snapshot = breaker.snapshot()
+        for name, snapshot in self._sources.breakers().items():
             state.add_metric([name], BREAKER_STATES.get(snapshot["state"], 2))
             trips.add_metric([name], snapshot["trips"])
         yield state
         yield trips
 
     def _resources(self) -> Iterator[Metric]:
-        monitor = self._app.resources
+        monitor = self._sources.resources
         sample = monitor.latest
         if sample is None:
             return
@@ -209,9 +228,8 @@ class StateCollector(Collector):
         )
         paused = GaugeMetricFamily("chrono_sync_paused", "1 while the sync is paused (PostgreSQL unavailable)")
         applied = CounterMetricFamily("chrono_sync_applied_rows", "Changed rows applied to the replicas")
-        sync = self._app.sync
-        if sync is not None:
-            status = sync.status()
+        if self._sources.sync_status is not None:
+            status = self._sources.sync_status()
             for table, state in status["tables"].items():
                 if state["staleness_s"] is not None:
                     staleness.add_metric([table], state["staleness_s"])
@@ -221,15 +239,19 @@ class StateCollector(Collector):
         yield from (staleness, behind, paused, applied)
 
     def _server(self) -> Iterator[Metric]:
-        app = self._app
-        yield GaugeMetricFamily("chrono_active_queries", "Queries executing or streaming", value=len(app.running))
-        yield GaugeMetricFamily("chrono_in_flight_calls", "Flight calls in progress", value=app.lifecycle.in_flight)
-        yield GaugeMetricFamily("chrono_live_subscribers", "Open live metrics streams", value=app.live.subscribers)
-        yield GaugeMetricFamily("chrono_uptime_seconds", "Seconds since the server started", value=app.uptime_s())
+        sources = self._sources
+        yield GaugeMetricFamily(
+            "chrono_active_queries", "Queries executing or streaming", value=sources.active_queries()
+        )
+        yield GaugeMetricFamily("chrono_in_flight_calls", "Flight calls in progress", value=sources.in_flight())
+        yield GaugeMetricFamily(
+            "chrono_live_subscribers", "Open live metrics streams", value=sources.live_subscribers()
+        )
+        yield GaugeMetricFamily("chrono_uptime_seconds", "Seconds since the server started", value=sources.uptime_s())
         info = GaugeMetricFamily("chrono_build_info", "Version of the server", labels=["version"])
-        info.add_metric([app.version], 1)
+        info.add_metric([sources.version], 1)
         yield info
-        warming = app.warmer.stats()
+        warming = sources.warming_stats()
         yield CounterMetricFamily("chrono_cache_warmed", "Results refilled by cache warming", value=warming["warmed"])
         if self._health is not None:
             health = GaugeMetricFamily(
