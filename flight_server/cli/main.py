@@ -174,7 +174,7 @@ def cmd_health_check(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_demo_data(args: argparse.Namespace, settings: Settings) -> int:
-    from flight_server.ingest.datasets import apply_schema
+    from flight_server.engines.duckdb_schema import apply_schema
     from flight_server.startup import open_duckdb, prepare_data_dir
 
     prepare_data_dir(settings.data_dir)
