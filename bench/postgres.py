@@ -49,6 +49,7 @@ import pyarrow as pa
 import pyarrow.flight as flight
 
 from flight_server.catalog import NamedQuery, load_catalog
+from flight_server.demo.oltp import seed_demo
 from flight_server.engines import postgres_schema as oltp
 
 from bench import common
@@ -170,7 +171,7 @@ def setup_databases(dbs: Databases, baseline_db: Path, timings: dict[str, float]
     dbs.created.append(dbs.oltp)
     oltp.apply_schema(dbs.oltp_uri, PROJECT_ROOT / "schemas")
     with duckdb.connect(str(baseline_db), read_only=True) as duck:
-        counts = oltp.seed_demo(dbs.oltp_uri, duck, seed=SEED)
+        counts = seed_demo(dbs.oltp_uri, duck, seed=SEED)
     facts["oltp_rows"] = counts
     timings["seed_oltp"] = round(time.perf_counter() - started, 1)
     log(f"OLTP demo rows in {dbs.oltp} in {timings['seed_oltp']:.1f} s: {counts}")

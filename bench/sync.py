@@ -37,6 +37,7 @@ import adbc_driver_postgresql.dbapi as pg
 import duckdb
 import pyarrow.flight as flight
 
+from flight_server.demo.oltp import seed_demo
 from flight_server.engines import postgres_schema as oltp
 
 from bench import common
@@ -279,7 +280,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         oltp.apply_schema(uri, common.PROJECT_ROOT / "schemas")
         with duckdb.connect(str(data.baseline_db), read_only=True) as duck:
-            counts = oltp.seed_demo(uri, duck, seed=SEED)
+            counts = seed_demo(uri, duck, seed=SEED)
         log(f"PostgreSQL seeded: {counts['scrape_pages']:,} scrape pages")
         server = FlightServer(data.data_dir, run_dir / "server.log", {"FLIGHT_POSTGRES__URI": uri})
         try:

@@ -18,6 +18,7 @@ import pytest
 
 from flight_server.app import App
 from flight_server.demo.analytics import generate_demo_data
+from flight_server.demo.oltp import seed_demo
 from flight_server.engines import postgres_schema as oltp
 from flight_server.server import ChronoFlightServer
 from flight_server.settings import CacheSettings, DuckDBSettings, PostgresSettings, Settings, SyncSettings
@@ -77,7 +78,7 @@ def start_server(data_dir: Path, rows: int = 0, **groups: Any) -> ServerHandle:
         if rows and uri:
             oltp.apply_schema(uri, settings.schemas_dir)
             if oltp.is_empty(uri):
-                oltp.seed_demo(uri, con, seed=DEMO_SEED)
+                seed_demo(uri, con, seed=DEMO_SEED)
 
     app = App(settings, prepare=prepare)
     server = ChronoFlightServer(app, "grpc://127.0.0.1:0")

@@ -15,9 +15,8 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from flight_server.engines.postgres_schema import hash_password
 from flight_server.errors import Unauthenticated
-from flight_server.security.auth import Authenticator, Credentials, caller_from_claims, verify_password
+from flight_server.security.auth import Authenticator, Credentials, caller_from_claims, hash_password, verify_password
 from flight_server.settings import AuthSettings
 
 SECRET = "test-secret-that-is-long-enough-for-hs256"

@@ -11,9 +11,9 @@ import pyarrow.flight as flight
 import pytest
 from google.protobuf import any_pb2
 
-from flight_server.engines.postgres_schema import hash_password
 from flight_server.flightsql import flight_sql_pb2 as sql
 from flight_server.flightsql.protocol import pack
+from flight_server.security.auth import hash_password
 from flight_server.settings import AuthSettings, CacheSettings, FlightSqlSettings
 
 from conftest import ServerHandle, start_server, stop_server

@@ -13,8 +13,8 @@ import jwt
 import pyarrow.flight as flight
 import pytest
 
-from flight_server.engines.postgres_schema import hash_password
 from flight_server.ops.logs import JsonFormatter
+from flight_server.security.auth import hash_password
 from flight_server.settings import AuthSettings, CacheSettings, RedisSettings
 
 from conftest import ServerHandle, start_server, stop_server

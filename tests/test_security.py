@@ -24,8 +24,8 @@ from cryptography.x509.oid import NameOID
 from flight_server.app import App
 from flight_server.commands import parse_command
 from flight_server.context import Caller, RequestContext
-from flight_server.engines.postgres_schema import hash_password
 from flight_server.errors import ChronoError, PermissionDenied, Unauthenticated, to_flight_error
+from flight_server.security.auth import hash_password
 from flight_server.security.middleware import caller_of, require
 from flight_server.server import ChronoFlightServer
 from flight_server.settings import AuthSettings, CacheSettings, Settings, TLSSettings

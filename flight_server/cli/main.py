@@ -87,6 +87,7 @@ def _fill_demo(con: duckdb.DuckDBPyConnection, settings: Settings, rows: int, se
     (the server starts without PostgreSQL); `demo-data` stops before changing anything.
     """
     from flight_server.demo.analytics import generate_demo_data
+    from flight_server.demo.oltp import seed_demo
     from flight_server.engines import postgres_schema as oltp
 
     try:
@@ -106,7 +107,7 @@ def _fill_demo(con: duckdb.DuckDBPyConnection, settings: Settings, rows: int, se
 
         def load_postgres() -> None:
             if uri is not None and seed_postgres:
-                counts.update(oltp.seed_demo(uri, con, seed=seed, progress=progress, before_commit=interrupts.defer))
+                counts.update(seed_demo(uri, con, seed=seed, progress=progress, before_commit=interrupts.defer))
             interrupts.defer()
 
         try:
@@ -174,7 +175,7 @@ def cmd_health_check(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_demo_data(args: argparse.Namespace, settings: Settings) -> int:
-    from flight_server.ingest.datasets import apply_schema
+    from flight_server.engines.duckdb_schema import apply_schema
     from flight_server.startup import open_duckdb, prepare_data_dir
 
     prepare_data_dir(settings.data_dir)

@@ -20,6 +20,7 @@ import pyarrow as pa
 
 from flight_server.context import RunningQueries, RunningQuery
 from flight_server.engines.base import Params, QueryResult
+from flight_server.engines.duckdb_schema import BASE_SCHEMA, apply_schema
 from flight_server.errors import (
     Cancelled,
     ChronoError,
@@ -29,7 +30,6 @@ from flight_server.errors import (
     TimedOut,
     one_line,
 )
-from flight_server.ingest.datasets import BASE_SCHEMA, apply_schema
 from flight_server.settings import Settings
 from flight_server.startup import open_duckdb, prepare_data_dir
 

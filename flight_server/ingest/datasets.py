@@ -34,11 +34,11 @@ import duckdb
 import pyarrow as pa
 
 from flight_server.context import RunningQueries
+from flight_server.engines.duckdb_schema import BASE_SCHEMA
 from flight_server.errors import InternalError, InvalidArgument
 
 logger = logging.getLogger(__name__)
 
-BASE_SCHEMA = "base"
 MANIFEST = "_manifest.json"
 TEMP_PREFIX = ".tmp-"
 VIEW_COMMENT = "chrono-flight dataset"
@@ -63,6 +63,7 @@ class Partitioning:
     base_exprs: tuple[tuple[str, str], ...] = ()  # keys the base table lacks: (name, SQL)
 
 
+# one per base table of schemas/duckdb.sql (engines.duckdb_schema.BASE_TABLES)
 KNOWN_DATASETS: dict[str, Partitioning] = {
     "cdx_records": Partitioning("unix_timestamp", (("partition_year", "INTEGER"), ("partition_month", "INTEGER"))),
     "content_analytics": Partitioning("date_captured", (("date_captured", "DATE"),)),
@@ -126,24 +127,6 @@ def fsync_path(path: Path) -> None:
 
 def _sql_text(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
-
-
-def apply_schema(con: duckdb.DuckDBPyConnection, schemas_dir: Path) -> None:
-    """Run schemas/duckdb.sql, first moving tables of an older layout into the base schema."""
-    legacy = [
-        name
-        for (name,) in con.sql(
-            "SELECT table_name FROM duckdb_tables() WHERE schema_name = 'main' AND NOT internal"
-        ).fetchall()
-        if name in KNOWN_DATASETS
-    ]
-    for name in legacy:
-        con.execute(f'ALTER TABLE main."{name}" RENAME TO "_legacy_{name}"')
-    con.execute((schemas_dir / "duckdb.sql").read_text())
-    for name in legacy:
-        con.execute(f'INSERT INTO {BASE_SCHEMA}."{name}" BY NAME SELECT * FROM main."_legacy_{name}"')
-        con.execute(f'DROP TABLE main."_legacy_{name}"')
-        logger.info("moved table into the base schema", extra={"fields": {"table": name}})
 
 
 class DatasetRegistry:
