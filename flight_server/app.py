@@ -23,7 +23,7 @@ from flight_server.engines import postgres_schema as oltp
 from flight_server.engines.base import Engine
 from flight_server.engines.breaker import CircuitBreaker
 from flight_server.engines.duckdb import DuckDBEngine
-from flight_server.engines.hybrid import HybridRunner
+from flight_server.engines.hybrid import HybridEngine
 from flight_server.engines.postgres import PostgresEngine
 from flight_server.engines.postgres_setup import PostgresSetup
 from flight_server.errors import Unavailable, one_line
@@ -120,7 +120,7 @@ class App:
         sources: dict[str, Callable[[], dict[str, str]]] = {"duckdb": self.duckdb.refresh_tables}
         self.postgres: PostgresEngine | None = None
         self.postgres_setup: PostgresSetup | None = None
-        self.hybrid: HybridRunner | None = None
+        self.hybrid: HybridEngine | None = None
         if settings.postgres.uri:
             with _schemas_file(settings.schemas_dir / "postgres.sql", "PostgreSQL schema"):
                 declared = oltp.declared_tables(settings.schemas_dir)
@@ -131,7 +131,7 @@ class App:
             self.postgres_setup.start_up()
             self.engines["postgres"] = self.postgres
             sources["postgres"] = self.postgres.refresh_tables
-            self.hybrid = HybridRunner(self.duckdb, self.postgres)
+            self.hybrid = HybridEngine(self.duckdb, self.postgres)
         self.registry = TableRegistry(sources)
         breakers = {"postgres": self.postgres.breaker} if self.postgres is not None else {}
         self.router = Router(self.registry, self.engines, breakers)
@@ -149,14 +149,17 @@ class App:
         self.cache = build_cache(settings)
         unwind.callback(self.cache.close)
         self.ingest = IngestService(settings.ingest, self.datasets, self.cache, self.registry.owner)
+        # the executor runs plans on every engine, the hybrid one too; the others own tables
+        routable: dict[str, Engine] = dict(self.engines)
+        if self.hybrid is not None:
+            routable[self.hybrid.name] = self.hybrid
         self.executor = QueryExecutor(
             self.catalog,
-            self.engines,
+            routable,
             self.router,
             self.cache,
             self.duckdb.syntax_error,
             deadline_s=settings.duckdb.query_deadline_s,
-            hybrid=self.hybrid,
             access=self.access,
             max_generated=settings.limits.max_generated_length,
             limits=self.limits,
@@ -312,7 +315,7 @@ class App:
         """PostgreSQL answered after being unreachable at start-up: take it up without a restart."""
         self.registry.refresh()
         if self.hybrid is not None:
-            self.hybrid.planner(refresh=True)
+            self.hybrid.refresh_tables()
         try:
             self.executor.validate_catalog()  # the named queries that needed PostgreSQL to plan
         except ValueError as exc:  # the live database disagrees with the catalogue: those answer errors

@@ -27,7 +27,6 @@ from flight_server.catalog import Catalog, NamedQuery, check_columns
 from flight_server.commands import Command
 from flight_server.context import Caller, RequestContext
 from flight_server.engines.base import Engine, QueryResult
-from flight_server.engines.hybrid import HybridRunner, to_postgres
 from flight_server.errors import NotFound, PermissionDenied, Unavailable, one_line
 from flight_server.replicas import ReplicaChoice, ReplicaRouter
 from flight_server.router import Route, Router
@@ -162,7 +161,6 @@ class QueryExecutor:
         cache: TieredCache,
         syntax_error: Callable[[str], str | None] | None = None,
         deadline_s: float = 60.0,
-        hybrid: HybridRunner | None = None,
         access: AccessPolicy | None = None,
         max_generated: int | None = None,
         limits: Limiter | None = None,
@@ -175,7 +173,6 @@ class QueryExecutor:
         self.router = router
         self.cache = cache
         self.deadline_s = deadline_s
-        self.hybrid = hybrid
         self._syntax_error = syntax_error
         self._named_schemas: dict[str, pa.Schema] = {}
         self._described: _Memo[pa.Schema] = _Memo(_MEMO_MOST)  # result schemas by cache key digest
@@ -216,9 +213,7 @@ class QueryExecutor:
     def _check_offline(self, query: NamedQuery) -> None:
         known: dict[str, dict[str, str]] = {}
         for engine in self.engines.values():
-            columns = getattr(engine, "columns", None)
-            if callable(columns):
-                known = {**columns(), **known}  # the first engine (DuckDB) wins, as in hybrid plans
+            known = {**engine.columns(), **known}  # the first engine (DuckDB) wins, as in hybrid plans
         try:
             check_columns(query.sql, known)
         except ValueError as exc:
@@ -315,12 +310,10 @@ class QueryExecutor:
             return self._scoped_cache[1]
         tables = dict(PROJECT_COLUMNS)
         for engine in self.engines.values():
-            columns = getattr(engine, "columns", None)
-            if callable(columns):
-                for table, cols in columns().items():
-                    column = project_column(cols)
-                    if column is not None:
-                        tables.setdefault(table, column)
+            for table, cols in engine.columns().items():
+                column = project_column(cols)
+                if column is not None:
+                    tables.setdefault(table, column)
         self._scoped_cache = (known, tables)
         return tables
 
@@ -393,39 +386,18 @@ class QueryExecutor:
     def _schema(
         self, engine: str, sql: str, params: Any, query_id: str | None = None, deadline_s: float | None = None
     ) -> pa.Schema:
-        if engine == "hybrid":
-            assert self.hybrid is not None
-            return self.hybrid.schema(sql, params, query_id=query_id, deadline_s=deadline_s)
-        if engine == "postgres":
-            pg_sql, values = to_postgres(sql, params)
-            return self.engines[engine].schema(pg_sql, values, query_id=query_id, deadline_s=deadline_s)
         return self.engines[engine].schema(sql, params, query_id=query_id, deadline_s=deadline_s)
 
     def _execute(self, plan: Plan) -> QueryResult:
-        if plan.engine == "hybrid":
-            assert self.hybrid is not None
-            return self.hybrid.execute(plan.sql, plan.params, query_id=plan.query_id, deadline_s=plan.deadline_s)
-        if plan.engine == "postgres":
-            sql, values = to_postgres(plan.sql, plan.params)
-            return self.engines["postgres"].execute(sql, values, query_id=plan.query_id, deadline_s=plan.deadline_s)
         return self.engines[plan.engine].execute(
             plan.sql, plan.params, query_id=plan.query_id, deadline_s=plan.deadline_s
         )
 
     def explain(self, plan: Plan) -> dict[str, Any]:
         out: dict[str, Any] = {**plan.metadata("not-run"), "sql": plan.sql, "params": plan.params}
-        if plan.engine == "hybrid":
-            assert self.hybrid is not None
-            hybrid = self.hybrid.plan(plan.sql, plan.params)
-            out["postgres_fetches"] = [f.describe() for f in hybrid.fetches]
-            out["duckdb_sql"] = hybrid.duckdb_sql
-            out["engine_plan"] = self.hybrid.explain(plan.sql, plan.params)
-        elif plan.engine == "postgres":
-            sql, values = to_postgres(plan.sql, plan.params)
-            out["postgres_sql"], out["postgres_params"] = sql, values
-            out["engine_plan"] = self.engines["postgres"].explain(sql, values)
-        else:
-            out["engine_plan"] = self.engines[plan.engine].explain(plan.sql, plan.params)
+        engine = self.engines[plan.engine]
+        out.update(engine.plan_details(plan.sql, plan.params))  # what the engine runs (e.g. translated SQL)
+        out["engine_plan"] = engine.explain(plan.sql, plan.params)
         out["latency_ms"] = self.router.latency.snapshot().get(plan.label, {})
         return out
 

@@ -1,6 +1,7 @@
 """The interface every engine implements.
 
-An engine runs read-only SQL with bound parameters and hands back a
+An engine runs read-only SQL in the server's one dialect (DuckDB's; an engine that
+speaks another translates it) with bound parameters and hands back a
 `pyarrow.RecordBatchReader` that streams; it can describe a result's schema without
 running the query, explain a plan, report its health and interrupt a query.
 """
@@ -61,8 +62,21 @@ class Engine(Protocol):
         """The engine's plan for the query, as text."""
         ...
 
+    def plan_details(self, sql: str, params: Params) -> dict[str, Any]:
+        """What the engine runs for the query besides its plan (e.g. the SQL it translated
+        the query to), for `explain`; empty when it runs the query as given."""
+        ...
+
     def tables(self) -> dict[str, str]:
         """Tables and views this engine serves: name -> kind ('table' or 'view')."""
+        ...
+
+    def refresh_tables(self) -> dict[str, str]:
+        """Ask the engine for its tables (and columns) again; returns `tables()`."""
+        ...
+
+    def columns(self) -> dict[str, dict[str, str]]:
+        """Every table's columns with their types in the engine's terms: table -> column -> type."""
         ...
 
     def health(self) -> dict[str, Any]:

@@ -189,6 +189,10 @@ class DuckDBEngine:
         finally:
             cursor.close()
 
+    def plan_details(self, sql: str, params: Params) -> dict[str, Any]:
+        """Nothing beyond the plan: DuckDB runs the query as given."""
+        return {}
+
     def syntax_error(self, sql: str) -> str | None:
         """DuckDB's own parser message for SQL that does not parse, else None."""
         cursor = self._db.cursor()

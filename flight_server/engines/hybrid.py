@@ -11,7 +11,7 @@ scopes do not list (under a VALUES root, the source of a PIVOT) is fetched whole
 
 from __future__ import annotations
 
-import datetime as dt
+import threading
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,6 +25,7 @@ from sqlglot.optimizer.scope import Scope, traverse_scope
 from flight_server.engines.base import Params, QueryResult
 from flight_server.engines.duckdb import DuckDBEngine
 from flight_server.engines.postgres import PostgresEngine
+from flight_server.engines.postgres_dialect import bind_for_postgres
 from flight_server.errors import InvalidArgument
 from flight_server.security.sqltables import table_references
 
@@ -51,13 +52,6 @@ class HybridPlan:
     fetches: list[Fetch]
 
 
-# explicit types for bound values, so PostgreSQL never has to guess them
-_PG_TYPES: dict[type, str] = {
-    str: "TEXT", int: "BIGINT", float: "DOUBLE PRECISION", bool: "BOOLEAN",
-    dt.date: "DATE", dt.datetime: "TIMESTAMP",
-}  # fmt: skip
-
-
 def _conjuncts(condition: Any) -> list[exp.Expression]:
     if isinstance(condition, exp.And):
         return _conjuncts(condition.left) + _conjuncts(condition.right)
@@ -82,30 +76,6 @@ def _pushable(conjunct: exp.Expression, alias: str) -> bool:
         return False
     forbidden = (exp.Subquery, exp.Select, exp.AggFunc, exp.Window)
     return not any(isinstance(node, forbidden) for node in conjunct.walk())
-
-
-def _bind(conjunct: Any, params: Params, values: list[Any], unqualify: bool = True) -> Any:
-    """The expression for PostgreSQL: placeholders renumbered and typed; columns unqualified
-    when it is a filter pushed into a single-table fetch."""
-    out = conjunct.copy()
-    for column in out.find_all(exp.Column) if unqualify else ():
-        column.set("table", None)
-    for placeholder in list(out.find_all(exp.Placeholder)):
-        name = placeholder.name
-        if isinstance(params, dict):
-            value = params[name]
-        elif name.isdigit() and params is not None:
-            value = list(params)[int(name) - 1]
-        else:
-            raise InvalidArgument(f"parameter ${name} has no value")
-        if value is None:
-            placeholder.replace(exp.Null())  # PostgreSQL cannot type a NULL parameter
-            continue
-        values.append(value)
-        parameter = exp.Parameter(this=exp.Literal.number(len(values)))
-        cast_to = _PG_TYPES.get(type(value))
-        placeholder.replace(exp.cast(parameter, cast_to) if cast_to else parameter)
-    return out
 
 
 class HybridPlanner:
@@ -153,7 +123,7 @@ class HybridPlanner:
         pushed: list[exp.Expression] = []
         where = scope.expression.args.get("where") if isinstance(scope.expression, exp.Select) else None
         if where is not None and not _null_supplying(scope, table):
-            pushed = [_bind(c, params, values) for c in _conjuncts(where.this) if _pushable(c, alias)]
+            pushed = [bind_for_postgres(c, params, values) for c in _conjuncts(where.this) if _pushable(c, alias)]
         query = exp.select(*[exp.column(c, quoted=True) for c in columns]).from_(
             exp.Table(this=exp.to_identifier(name, quoted=True), db=exp.to_identifier("public"))
         )
@@ -166,55 +136,58 @@ class HybridPlanner:
                      [c.sql(dialect="postgres") for c in pushed])  # fmt: skip
 
 
-def to_postgres(sql: str, params: Params) -> tuple[str, list[Any]]:
-    """DuckDB-dialect SQL as PostgreSQL SQL with positional parameters ($1, $2, ...)."""
-    try:
-        tree = sqlglot.parse_one(sql, read="duckdb")
-    except SqlglotError as exc:
-        raise InvalidArgument(f"cannot translate the query for PostgreSQL: {str(exc).splitlines()[0]}") from None
-    values: list[Any] = []
-    tree = _bind(tree, params, values, unqualify=False)
-    return tree.sql(dialect="postgres"), values
+class HybridEngine:
+    """The `hybrid` engine: PostgreSQL fetches first, then the join in DuckDB.
 
+    It owns neither engine, so closing it closes nothing. Its planner knows the columns
+    of both engines as they were when it was built (on first use); `refresh_tables`
+    builds it again.
+    """
 
-class HybridRunner:
-    """Runs hybrid plans: PostgreSQL fetches first, then the join in DuckDB."""
+    name = "hybrid"
 
     def __init__(self, duckdb: DuckDBEngine, postgres: PostgresEngine) -> None:
         self._duckdb = duckdb
         self._postgres = postgres
         self._planner: HybridPlanner | None = None
-
-    def planner(self, refresh: bool = False) -> HybridPlanner:
-        if self._planner is None or refresh:
-            pg_columns = self._postgres.columns()
-            columns = {**pg_columns, **self._duckdb.columns()}
-            postgres_only = set(pg_columns) - set(self._duckdb.tables())
-            self._planner = HybridPlanner(columns, postgres_only)
-        return self._planner
+        self._columns: dict[str, dict[str, str]] = {}
+        self._fetching: dict[str, str] = {}  # query id -> id of its PostgreSQL fetch running now
+        self._lock = threading.Lock()
 
     def plan(self, sql: str, params: Params) -> HybridPlan:
-        return self.planner().plan(sql, params)
+        if self._planner is None:
+            self.refresh_tables()
+        assert self._planner is not None
+        return self._planner.plan(sql, params)
+
+    # -- Engine interface ----------------------------------------------------------------
 
     def execute(self, sql: str, params: Params, *, query_id: str, deadline_s: float | None = None) -> QueryResult:
         plan = self.plan(sql, params)
         relations: dict[str, pa.Table] = {}
         for i, fetch in enumerate(plan.fetches):
-            result = self._postgres.execute(
-                fetch.sql, fetch.params, query_id=f"{query_id}-pg{i}", deadline_s=deadline_s
-            )
+            fetch_id = f"{query_id}-pg{i}"
+            with self._lock:
+                self._fetching[query_id] = fetch_id
             try:
-                relations[fetch.name] = result.reader.read_all()
-            except BaseException as exc:
-                raise result.translate(exc) from None
+                result = self._postgres.execute_native(
+                    fetch.sql, fetch.params, query_id=fetch_id, deadline_s=deadline_s
+                )
+                try:
+                    relations[fetch.name] = result.reader.read_all()
+                except BaseException as exc:
+                    raise result.translate(exc) from None
+                finally:
+                    result.close()
             finally:
-                result.close()
+                with self._lock:
+                    self._fetching.pop(query_id, None)
         return self._duckdb.execute(
             plan.duckdb_sql, params, query_id=query_id, relations=relations, deadline_s=deadline_s
         )
 
     def _empty_relations(self, plan: HybridPlan) -> dict[str, pa.Table]:
-        return {f.name: self._postgres.schema(f.sql, f.params).empty_table() for f in plan.fetches}
+        return {f.name: self._postgres.schema_native(f.sql, f.params).empty_table() for f in plan.fetches}
 
     def schema(
         self, sql: str, params: Params, *, query_id: str | None = None, deadline_s: float | None = None
@@ -226,3 +199,45 @@ class HybridRunner:
     def explain(self, sql: str, params: Params) -> str:
         plan = self.plan(sql, params)
         return self._duckdb.explain(plan.duckdb_sql, params, relations=self._empty_relations(plan))
+
+    def plan_details(self, sql: str, params: Params) -> dict[str, Any]:
+        """The PostgreSQL fetches (with their pushed-down filters) and the DuckDB query over them."""
+        plan = self.plan(sql, params)
+        return {"postgres_fetches": [f.describe() for f in plan.fetches], "duckdb_sql": plan.duckdb_sql}
+
+    def tables(self) -> dict[str, str]:
+        """The tables of both engines (DuckDB's kind wins for a table both hold)."""
+        return {**self._postgres.tables(), **self._duckdb.tables()}
+
+    def refresh_tables(self) -> dict[str, str]:
+        """Learn both engines' columns again (PostgreSQL's last known while it is down)."""
+        pg_columns = self._postgres.columns()
+        columns = {**pg_columns, **self._duckdb.columns()}
+        postgres_only = set(pg_columns) - set(self._duckdb.tables())
+        self._planner, self._columns = HybridPlanner(columns, postgres_only), columns
+        return self.tables()
+
+    def columns(self) -> dict[str, dict[str, str]]:
+        """The columns the planner knows: DuckDB's, and PostgreSQL's for the tables DuckDB lacks."""
+        if self._planner is None:
+            self.refresh_tables()
+        return dict(self._columns)
+
+    def health(self) -> dict[str, Any]:
+        """Both engines' checks; raises when either is down."""
+        return {
+            "status": "ok",
+            "duckdb": self._duckdb.health()["status"],
+            "postgres": self._postgres.health()["status"],
+        }
+
+    def cancel(self, query_id: str) -> bool:
+        """Interrupt the query's PostgreSQL fetch, or its DuckDB join, whichever runs now."""
+        with self._lock:
+            fetch_id = self._fetching.get(query_id)
+        if fetch_id is not None and self._postgres.cancel(fetch_id):
+            return True
+        return self._duckdb.cancel(query_id)
+
+    def close(self) -> None:
+        """Nothing to release: the two engines are closed by whoever built them."""

@@ -6,6 +6,10 @@ A bounded pool of ADBC connections; each query runs in a READ ONLY transaction w
 connection goes back to the pool when the stream is finished or dropped. A circuit
 breaker stops calling PostgreSQL while it is down and probes it again later.
 
+Through the `Engine` interface it takes the server's one SQL dialect, DuckDB's, and
+translates it (flight_server.engines.postgres_dialect); the `*_native` methods take
+PostgreSQL SQL as written, for callers that write it (the hybrid engine's fetches).
+
 Tables and columns are what PostgreSQL last said, and until it first answers, what
 schemas/postgres.sql declares (`declared`): routing and catalogue validation never need
 a live connection.
@@ -28,6 +32,7 @@ import pyarrow as pa
 from flight_server.context import RunningQueries, RunningQuery
 from flight_server.engines.base import Params, QueryResult
 from flight_server.engines.breaker import CircuitBreaker
+from flight_server.engines.postgres_dialect import to_postgres
 from flight_server.errors import (
     Cancelled,
     ChronoError,
@@ -138,9 +143,31 @@ class PostgresEngine:
         except Exception:  # a broken connection may not close cleanly
             logger.debug("closing a broken PostgreSQL connection failed", exc_info=True)
 
-    # -- Engine interface ----------------------------------------------------------------
+    # -- Engine interface: the DuckDB dialect, translated (flight_server.engines.postgres_dialect)
 
     def execute(self, sql: str, params: Params, *, query_id: str, deadline_s: float | None = None) -> QueryResult:
+        pg_sql, values = to_postgres(sql, params)
+        return self.execute_native(pg_sql, values, query_id=query_id, deadline_s=deadline_s)
+
+    def schema(
+        self, sql: str, params: Params, *, query_id: str | None = None, deadline_s: float | None = None
+    ) -> pa.Schema:
+        pg_sql, values = to_postgres(sql, params)
+        return self.schema_native(pg_sql, values)
+
+    def explain(self, sql: str, params: Params) -> str:
+        return self.explain_native(*to_postgres(sql, params))
+
+    def plan_details(self, sql: str, params: Params) -> dict[str, Any]:
+        """The PostgreSQL SQL and positional parameters the query runs as."""
+        pg_sql, values = to_postgres(sql, params)
+        return {"postgres_sql": pg_sql, "postgres_params": values}
+
+    # -- native PostgreSQL SQL (positional $n parameters), for callers that write it -----
+
+    def execute_native(
+        self, sql: str, params: Params, *, query_id: str, deadline_s: float | None = None
+    ) -> QueryResult:
         deadline = deadline_s or self._deadline_s
         conn = self._acquire()
         cursor = conn.cursor()
@@ -196,19 +223,19 @@ class PostgresEngine:
         finally:
             self._release(conn, healthy)
 
-    def schema(
-        self, sql: str, params: Params, *, query_id: str | None = None, deadline_s: float | None = None
-    ) -> pa.Schema:
+    def schema_native(self, sql: str, params: Params) -> pa.Schema:
         """The result schema from PostgreSQL's describe step (it plans, it does not run the query)."""
         schema: pa.Schema = self._with_connection(lambda cur: cur.adbc_execute_schema(sql, _positional(params)))
         return schema
 
-    def explain(self, sql: str, params: Params) -> str:
+    def explain_native(self, sql: str, params: Params) -> str:
         def run(cur: pg.Cursor) -> str:
             cur.execute(f"EXPLAIN {sql}", _positional(params))
             return "\n".join(str(row[0]) for row in cur.fetchall())
 
         return str(self._with_connection(run))
+
+    # -- the rest of the Engine interface -------------------------------------------------
 
     def tables(self) -> dict[str, str]:
         return dict(self._tables)
