@@ -22,6 +22,7 @@ import pyarrow as pa
 
 from flight_server.context import RequestContext
 from flight_server.engines.base import Engine
+from flight_server.engines.postgres import PostgresEngine
 from flight_server.errors import NotFound, Unavailable
 
 if TYPE_CHECKING:
@@ -136,8 +137,10 @@ def like(pattern: str | None, value: str) -> bool:
 
 def fetch_rows(engine: Engine, ctx: RequestContext, sql: str) -> list[dict[str, Any]]:
     """Run a catalog query (constant SQL, no parameters) on an engine; its rows are few."""
-    # a query id of its own: the request's id may belong to a statement that is running
-    result = engine.execute(sql, None, query_id=f"{ctx.query_id}-metadata", deadline_s=ctx.deadline_s)
+    # a query id of its own: the request's id may belong to a statement that is running;
+    # catalog queries for PostgreSQL are written in its own SQL, not translated
+    run = engine.execute_native if isinstance(engine, PostgresEngine) else engine.execute
+    result = run(sql, None, query_id=f"{ctx.query_id}-metadata", deadline_s=ctx.deadline_s)
     try:
         table = result.reader.read_all()
     except BaseException as exc:

@@ -138,4 +138,4 @@ def _engine_schema(deps: FlightSqlDeps, entry: TableEntry, columns: list[str]) -
     if not columns:  # the reader role may see none of its columns
         return pa.schema([])
     listed = ", ".join(quote(c) for c in columns)
-    return deps.postgres.schema(f"SELECT {listed} FROM {PUBLIC}.{quote(entry.target)}", None)
+    return deps.postgres.schema_native(f"SELECT {listed} FROM {PUBLIC}.{quote(entry.target)}", None)
