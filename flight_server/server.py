@@ -241,10 +241,27 @@ class ChronoFlightServer(flight.FlightServerBase):  # type: ignore[misc]
                 self.deps.limits.release(ctx.caller, ctx.peer)
 
         watched = self.deps.limits.stalls.watch(end, plan.query_id)
-        return flight.GeneratorStream(result.schema, self._stream(ctx, result, watched))
+        fields = {"engine": result.plan.engine, "cache": result.cache}
+        stream = self._stream(ctx, result.plan.label, fields, watched, lambda sent: self._batches(ctx, result, sent))
+        return flight.GeneratorStream(result.schema, stream)
 
-    def _stream(self, ctx: RequestContext, result: OpenResult, watched: WatchedStream) -> Iterator[Any]:
-        """The result's batches, each watched while the writer holds it (flight_server.streaming).
+    def _stream_bound(self, ctx: RequestContext, run: BoundRun) -> flight.FlightDataStream:
+        """A prepared statement bound to many rows, streamed row by row and watched for stalls
+        like any other stream (`run.stop` ends it from outside)."""
+        watched = self.deps.limits.stalls.watch(run.stop, ctx.query_id)
+        fields = {"parameter_rows": run.rows}
+        stream = self._stream(ctx, "prepared.rows", fields, watched, lambda sent: self._bound_batches(ctx, run, sent))
+        return flight.GeneratorStream(run.schema, stream)
+
+    def _stream(
+        self,
+        ctx: RequestContext,
+        label: str,
+        fields: dict[str, Any],
+        watched: WatchedStream,
+        batches: Callable[[dict[str, int]], Iterator[Any]],
+    ) -> Iterator[Any]:
+        """The batches, each watched while the writer holds it (flight_server.streaming); one log line at the end.
 
         The query's resources and slot go when the stream ends, or as soon as its client
         has stopped reading for the stall timeout. Every batch is cut to the message bound
@@ -254,30 +271,13 @@ class ChronoFlightServer(flight.FlightServerBase):  # type: ignore[misc]
         status = "cancelled"
         sent = {"rows": 0, "bytes": 0}
         try:
-            yield from watched.items(self._batches(ctx, result, sent))
+            yield from watched.items(batches(sent))
             status = "ok"
         except ChronoError as exc:
             status = exc.status
             raise to_flight_error(exc) from None
         finally:
-            self._log(ctx, result.plan.label, status, engine=result.plan.engine, cache=result.cache, **sent)
-
-    def _stream_bound(self, ctx: RequestContext, run: BoundRun) -> flight.FlightDataStream:
-        """A prepared statement bound to many rows, streamed row by row and watched for stalls
-        like any other stream (`run.stop` ends it from outside)."""
-        watched = self.deps.limits.stalls.watch(run.stop, ctx.query_id)
-        return flight.GeneratorStream(run.schema, self._bound_stream(ctx, run, watched))
-
-    def _bound_stream(self, ctx: RequestContext, run: BoundRun, watched: WatchedStream) -> Iterator[Any]:
-        status, sent = "cancelled", {"rows": 0, "bytes": 0}
-        try:
-            yield from watched.items(self._bound_batches(ctx, run, sent))
-            status = "ok"
-        except ChronoError as exc:
-            status = exc.status
-            raise to_flight_error(exc) from None
-        finally:
-            self._log(ctx, "prepared.rows", status, parameter_rows=run.rows, **sent)
+            self._log(ctx, label, status, **fields, **sent)
 
     def _bound_batches(self, ctx: RequestContext, run: BoundRun, sent: dict[str, int]) -> Iterator[pa.RecordBatch]:
         """The run's batches, held to the caller's result budget, each cut to the message bound.
