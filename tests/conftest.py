@@ -11,7 +11,15 @@ import pytest
 
 from flight_server.settings import CacheSettings, SyncSettings
 
-from support.servers import DEMO_ROWS, ServerHandle, create_database, drop_database, pg_settings, start_server, stop_server
+from support.servers import (
+    DEMO_ROWS,
+    ServerHandle,
+    create_database,
+    drop_database,
+    pg_settings,
+    start_server,
+    stop_server,
+)
 
 
 @pytest.fixture(scope="session")
