@@ -10,7 +10,9 @@ import pytest
 
 from flight_server.security.audit import AuditLog, fingerprint
 
-from conftest import ServerHandle
+from support.servers import ServerHandle
+
+pytestmark = pytest.mark.postgres
 
 
 def test_audit_rpcs_reach_audit_logs(hybrid_server: ServerHandle) -> None:

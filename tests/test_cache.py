@@ -21,8 +21,10 @@ from flight_server.cache.memory import MemoryCache
 from flight_server.cache.redis_store import CorruptEntry, RedisStore, decode_table, encode_table
 from flight_server.settings import CacheSettings, RedisSettings
 
-from conftest import ServerHandle, start_server, stop_server
-from support import wait_for
+from support.servers import ServerHandle, start_server, stop_server
+from support.waiting import wait_for
+
+pytestmark = pytest.mark.redis
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 

@@ -25,8 +25,10 @@ import redis
 
 from flight_server.settings import CacheSettings, RedisSettings
 
-from conftest import ServerHandle, start_server, stop_server
-from support import wait_for
+from support.servers import ServerHandle, start_server, stop_server
+from support.waiting import wait_for
+
+pytestmark = pytest.mark.redis
 
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 

@@ -18,8 +18,8 @@ from typing import Any
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import ServerHandle, serve_env
-from support import wait_for
+from support.servers import ServerHandle, serve_env
+from support.waiting import wait_for
 
 BIN = Path(sys.executable).parent / "flight-server"
 
@@ -216,6 +216,7 @@ def test_cli_query_csv_writes_nested_and_json_columns_as_json_text(served: tuple
     assert row["n"] == "7"
 
 
+@pytest.mark.postgres
 def test_cli_query_csv_of_postgres_jsonb(hybrid_server: ServerHandle) -> None:
     env = _env(hybrid_server.data_dir)
     sql = "SELECT id, details FROM audit_logs ORDER BY id LIMIT 3"

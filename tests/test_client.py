@@ -27,7 +27,7 @@ from chrono_flight_client import (
     sql_command,
 )
 
-from conftest import ServerHandle
+from support.servers import ServerHandle
 
 CLIENTS = Path(__file__).resolve().parents[1] / "clients"
 EXAMPLES = ["pandas_example.py", "polars_example.py", "pyarrow_example.py"]

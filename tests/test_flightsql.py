@@ -23,9 +23,10 @@ from flight_server.flightsql import flight_session_pb2 as session_pb
 from flight_server.flightsql import flight_sql_pb2 as sql
 from flight_server.settings import AuthSettings, CacheSettings, LimitSettings
 
-from conftest import ServerHandle, start_server, stop_server
-from flightsql_helpers import action, connect, descriptor, wait_for
-from test_security import SECRET, options, token
+from support.flightsql import action, connect, descriptor
+from support.servers import ServerHandle, start_server, stop_server
+from support.tokens import SECRET, options, token
+from support.waiting import wait_for
 
 SLOW = "SELECT count(*) FROM cdx_records a, cdx_records b WHERE a.domain || b.domain = 'x'"
 
@@ -177,6 +178,7 @@ def test_flightsql_analytics_view_runs_the_named_query(conn: Any, server: Server
         assert cur.fetch_arrow_table().equals(server.get({"query": "domains.top"}))
 
 
+@pytest.mark.postgres
 def test_flightsql_qualified_postgres_names_route_to_postgres(hybrid_server: ServerHandle) -> None:
     query = "SELECT count(*) AS n FROM postgres.public.projects"
     info = hybrid_server.client.get_flight_info(descriptor(sql.CommandStatementQuery(query=query)))

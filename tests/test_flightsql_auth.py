@@ -16,9 +16,9 @@ from flight_server.flightsql.protocol import pack
 from flight_server.security.auth import hash_password
 from flight_server.settings import AuthSettings, CacheSettings, FlightSqlSettings
 
-from conftest import ServerHandle, start_server, stop_server
-from flightsql_helpers import action, connect, descriptor
-from test_security import SECRET, options, token
+from support.flightsql import action, connect, descriptor
+from support.servers import ServerHandle, start_server, stop_server
+from support.tokens import SECRET, options, token
 
 IDLE_S = 1.0
 

@@ -12,8 +12,10 @@ from google.protobuf.message import Message
 from flight_server.flightsql import flight_sql_pb2 as sql
 from flight_server.flightsql import metadata
 
-from conftest import ServerHandle
-from flightsql_helpers import connect, descriptor
+from support.flightsql import connect, descriptor
+from support.servers import ServerHandle
+
+pytestmark = pytest.mark.postgres
 
 
 @pytest.fixture(scope="module")

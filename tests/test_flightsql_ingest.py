@@ -12,8 +12,8 @@ import pytest
 from flight_server.flightsql import flight_sql_pb2 as sql
 from flight_server.settings import CacheSettings, IngestSettings
 
-from conftest import ServerHandle, start_server, stop_server
-from flightsql_helpers import connect, descriptor
+from support.flightsql import connect, descriptor
+from support.servers import ServerHandle, start_server, stop_server
 
 MAX_ROWS = 1_000
 

@@ -15,7 +15,6 @@ import pyarrow as pa
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from tcp_proxy import TcpProxy
 
 from flight_server.app import App
 from flight_server.context import Caller, RequestContext
@@ -25,7 +24,10 @@ from flight_server.flightsql.catalogs import like
 from flight_server.flightsql.sql_info import DATETIME_FUNCTIONS, NUMERIC_FUNCTIONS, STRING_FUNCTIONS, SYSTEM_FUNCTIONS
 from flight_server.settings import CacheSettings, DuckDBSettings, Settings
 
-from conftest import ServerHandle, pg_settings
+from support.proxies import TcpProxy
+from support.servers import ServerHandle, pg_settings
+
+pytestmark = pytest.mark.postgres
 
 PREFIX = "ARROW:FLIGHT:SQL:"
 

@@ -12,12 +12,12 @@ from typing import Any
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from tcp_proxy import TcpProxy
 
 from flight_server.runner import Runner
 from flight_server.settings import CacheSettings, RedisSettings
 
-from conftest import (
+from support.proxies import TcpProxy
+from support.servers import (
     ServerHandle,
     create_database,
     drop_database,
@@ -26,7 +26,9 @@ from conftest import (
     start_server,
     stop_server,
 )
-from support import wait_for
+from support.waiting import wait_for
+
+pytestmark = [pytest.mark.postgres, pytest.mark.redis]
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING

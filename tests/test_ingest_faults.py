@@ -17,8 +17,6 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.flight as flight
 import pytest
-from processes import ServerProcess
-from test_ingest import MAY_2024, cdx_rows, count, put
 
 from chrono_flight_client import (
     ChronoFlightClient,
@@ -29,8 +27,10 @@ from chrono_flight_client import (
 from flight_server.ingest.datasets import MANIFEST
 from flight_server.settings import IngestSettings
 
-from conftest import ServerHandle, start_server, stop_server
-from support import wait_for
+from support.ingest import MAY_2024, cdx_rows, count, put
+from support.processes import ServerProcess
+from support.servers import ServerHandle, start_server, stop_server
+from support.waiting import wait_for
 
 
 def leftovers(data_dir: Path) -> list[Path]:

@@ -12,9 +12,9 @@ import pytest
 
 from flight_server.settings import AuthSettings, CacheSettings, LimitSettings
 
-from conftest import ServerHandle, start_server, stop_server
-from support import wait_for
-from test_security import SECRET, options, token
+from support.servers import ServerHandle, start_server, stop_server
+from support.tokens import SECRET, options, token
+from support.waiting import wait_for
 
 
 def _get(handle: ServerHandle, command: dict[str, object], bearer: str) -> pa.Table:

@@ -13,8 +13,8 @@ import pytest
 
 from flight_server.ops.live import SCHEMA
 
-from conftest import ServerHandle
-from support import wait_for
+from support.servers import ServerHandle
+from support.waiting import wait_for
 
 
 def _subscribe(server: ServerHandle, body: Any) -> tuple[Any, Any]:

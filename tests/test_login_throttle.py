@@ -13,13 +13,13 @@ from pathlib import Path
 
 import pyarrow.flight as flight
 import pytest
-from tcp_proxy import TcpProxy
 
 from flight_server.security.auth import dummy_hash, hash_password
 from flight_server.settings import AuthSettings, CacheSettings
 
-from conftest import ServerHandle, start_server, stop_server
-from test_security import SECRET
+from support.proxies import TcpProxy
+from support.servers import ServerHandle, start_server, stop_server
+from support.tokens import SECRET
 
 WINDOW_S = 120.0
 THROTTLED = r"too many failed sign-ins; retry in \d+ s"

@@ -17,7 +17,9 @@ from flight_server.ops.logs import JsonFormatter
 from flight_server.security.auth import hash_password
 from flight_server.settings import AuthSettings, CacheSettings, RedisSettings
 
-from conftest import ServerHandle, start_server, stop_server
+from support.servers import ServerHandle, start_server, stop_server
+
+pytestmark = pytest.mark.redis
 
 
 def test_logs_one_json_line_per_request_with_query_id(server: ServerHandle, caplog: pytest.LogCaptureFixture) -> None:

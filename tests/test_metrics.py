@@ -18,7 +18,7 @@ from flight_server.demo.analytics import generate_demo_data
 from flight_server.runner import Runner
 from flight_server.settings import PROJECT_ROOT, CacheSettings
 
-from conftest import DEMO_SEED, runner_settings
+from support.servers import DEMO_SEED, runner_settings
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 

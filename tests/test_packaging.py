@@ -25,7 +25,9 @@ import pytest
 
 from flight_server.settings import PROJECT_ROOT, Settings, packaged_schemas
 
-from conftest import serve_env
+from support.servers import serve_env
+
+pytestmark = pytest.mark.slow
 
 PYPROJECT = tomllib.loads((PROJECT_ROOT / "pyproject.toml").read_text())
 FIRST_PARTY = {"flight_server", "chrono_flight_client", "schemas"}

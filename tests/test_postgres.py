@@ -12,20 +12,15 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.flight as flight
 import pytest
-from tcp_proxy import TcpProxy
 
 from flight_server.errors import InvalidArgument, PermissionDenied
 from flight_server.settings import CacheSettings, SyncSettings
 
-from conftest import (
-    ServerHandle,
-    create_database,
-    drop_database,
-    pg_settings,
-    start_server,
-    stop_server,
-)
-from support import wait_for
+from support.proxies import TcpProxy
+from support.servers import ServerHandle, create_database, drop_database, pg_settings, start_server, stop_server
+from support.waiting import wait_for
+
+pytestmark = pytest.mark.postgres
 
 # PostgreSQL and hybrid routes are what these servers test: no replicas to answer instead
 NO_SYNC = SyncSettings(enabled=False)

@@ -11,14 +11,17 @@ from pathlib import Path
 
 import pyarrow.flight as flight
 import pytest
-from sync_support import get_with_metadata, pg_exec, wait_for
-from tcp_proxy import TcpProxy
 
 from flight_server.app import App
 from flight_server.settings import CacheSettings, DuckDBSettings, Settings, SyncSettings, packaged_schemas
 from flight_server.startup import StartupError
 
-from conftest import ServerHandle, create_database, drop_database, pg_settings, start_server, stop_server
+from support.proxies import TcpProxy
+from support.servers import ServerHandle, create_database, drop_database, pg_settings, start_server, stop_server
+from support.sync import get_with_metadata, pg_exec
+from support.waiting import wait_for
+
+pytestmark = pytest.mark.postgres
 
 ANALYTICAL = {"sql": "SELECT status, count(*) AS n FROM scrape_pages GROUP BY status ORDER BY status"}
 ON_POSTGRES = {"sql": "SELECT name FROM projects WHERE id = $1", "params": ["proj-001"], "engine": "postgres"}
@@ -75,8 +78,10 @@ def test_postgres_setup_unreachable_at_start_serves_replicas_then_takes_postgres
             )
             fresh = pg_exec(direct, "SELECT status, count(*) AS n FROM scrape_pages GROUP BY status ORDER BY status")
             proxy.restore()
-            wait_for(lambda: _postgres_answers(handle), what="PostgreSQL routes answering again")
-            wait_for(lambda: handle.action("sync.status")["state"] == "running", what="the sync resuming")
+            wait_for(lambda: _postgres_answers(handle), message="waiting for PostgreSQL routes answering again")
+            wait_for(
+                lambda: handle.action("sync.status")["state"] == "running", message="waiting for the sync resuming"
+            )
             notes = handle.get({"sql": "SELECT note FROM field_notes", "engine": "postgres"})
             assert notes.num_rows == 1
             wait_for(
@@ -84,7 +89,7 @@ def test_postgres_setup_unreachable_at_start_serves_replicas_then_takes_postgres
                     [tuple(r.values()) for r in handle.get({**ANALYTICAL, "engine": "duckdb"}).to_pylist()]
                     == [tuple(r) for r in fresh]
                 ),
-                what="the replica catching up with the change made during the outage",
+                message="waiting for the replica catching up with the change made during the outage",
             )
             assert handle.action("health")["engines"]["postgres"]["status"] == "ok"
         finally:
@@ -103,7 +108,9 @@ def test_postgres_setup_applies_the_schema_when_postgres_first_answers(tmp_path:
         try:
             assert handle.action("sync.status")["state"] in ("starting", "paused")
             proxy.restore()
-            wait_for(lambda: handle.action("sync.status")["state"] == "running", what="set-up, then the sync")
+            wait_for(
+                lambda: handle.action("sync.status")["state"] == "running", message="waiting for set-up, then the sync"
+            )
             wait_for(lambda: handle.app.sync is not None and handle.app.sync.staleness("projects") is not None)
             owner = pg_settings(database).uri or ""
             assert pg_exec(owner, "SELECT count(*) FROM pg_tables WHERE tablename = 'projects'") == [

@@ -11,14 +11,17 @@ import pyarrow.flight as flight
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from sync_support import get_with_metadata, pg_exec, synced, wait_for
-from tcp_proxy import TcpProxy
 
 from flight_server.replicas import to_replicas
 from flight_server.security.scoping import scope_sql
 from flight_server.settings import CacheSettings, PostgresSettings, SyncSettings
 
-from conftest import ServerHandle, create_database, drop_database, pg_settings, start_server, stop_server
+from support.proxies import TcpProxy
+from support.servers import ServerHandle, create_database, drop_database, pg_settings, start_server, stop_server
+from support.sync import get_with_metadata, pg_exec, synced
+from support.waiting import wait_for
+
+pytestmark = pytest.mark.postgres
 
 ANALYTICAL = {"sql": "SELECT status, count(*) AS n FROM scrape_pages GROUP BY status ORDER BY status"}
 
@@ -104,7 +107,7 @@ def test_replica_never_serves_a_read_older_than_asked(replica_server: ProxiedSyn
     assert sync is not None
     proxy.cut()  # the sync loses PostgreSQL; user queries still reach it directly
     try:
-        wait_for(lambda: (sync.staleness("scrape_pages") or 0) > 1.0, what="the replica to fall behind")
+        wait_for(lambda: (sync.staleness("scrape_pages") or 0) > 1.0, message="waiting for the replica to fall behind")
         change = "UPDATE scrape_pages SET status = 'pending' WHERE id = (SELECT min(id) FROM scrape_pages)"
         pg_exec(replica_server.direct_uri, change)
         fresh, meta = get_with_metadata(handle, {**ANALYTICAL, "max_staleness_s": 0.5})
@@ -115,7 +118,7 @@ def test_replica_never_serves_a_read_older_than_asked(replica_server: ProxiedSyn
         assert handle.action("health")["sync"]["state"] == "paused"
     finally:
         proxy.restore()
-    wait_for(lambda: (sync.staleness("scrape_pages") or 99) < 1.0, what="the sync to resume by itself")
+    wait_for(lambda: (sync.staleness("scrape_pages") or 99) < 1.0, message="waiting for the sync to resume by itself")
     resumed, resumed_meta = get_with_metadata(handle, {**ANALYTICAL, "max_staleness_s": 1.0})
     assert resumed_meta["replica"] is True
     assert resumed.to_pylist() == fresh.to_pylist()  # the update made during the outage arrived

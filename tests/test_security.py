@@ -30,27 +30,9 @@ from flight_server.security.middleware import caller_of, require
 from flight_server.server import ChronoFlightServer
 from flight_server.settings import AuthSettings, CacheSettings, Settings, TLSSettings
 
-from conftest import ServerHandle, start_server, stop_server
-from flightsql_helpers import connect
-
-SECRET = "a-test-secret-long-enough-for-hs256-signing"
-
-
-def token(role: str, projects: list[str] | None = None, sub: str = "someone", **extra: Any) -> str:
-    now = int(time.time())
-    claims: dict[str, Any] = {"sub": sub, "aud": "chrono-flight", "exp": now + 600, "iat": now, "role": role}
-    if projects is not None:
-        claims["projects"] = projects
-    return jwt.encode({**claims, **extra}, SECRET, algorithm="HS256")
-
-
-def options(bearer: str) -> flight.FlightCallOptions:
-    return flight.FlightCallOptions(headers=[(b"authorization", f"Bearer {bearer}".encode())])
-
-
-def get(handle: ServerHandle, command: dict[str, Any], bearer: str) -> pa.Table:
-    ticket = flight.Ticket(json.dumps(command).encode())
-    return handle.client.do_get(ticket, options=options(bearer)).read_all()
+from support.flightsql import connect
+from support.servers import ServerHandle, start_server, stop_server
+from support.tokens import SECRET, get, options, token
 
 
 @pytest.fixture(scope="module")

@@ -12,8 +12,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import ServerHandle, start_server, stop_server
-from support import wait_for
+from support.servers import ServerHandle, start_server, stop_server
+from support.waiting import wait_for
 
 
 def _descriptor(command: dict[str, object]) -> flight.FlightDescriptor:

@@ -21,8 +21,8 @@ from flight_server.demo.analytics import generate_demo_data
 from flight_server.runner import Runner
 from flight_server.settings import CacheSettings
 
-from conftest import DEMO_SEED, runner_settings, serve_env
-from support import wait_for
+from support.servers import DEMO_SEED, runner_settings, serve_env
+from support.waiting import wait_for
 
 BIN = Path(sys.executable).parent / "flight-server"
 ROWS = 20_000

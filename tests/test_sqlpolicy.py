@@ -18,9 +18,11 @@ import pytest
 
 from flight_server.settings import AuthSettings, CacheSettings, LimitSettings, PostgresSettings, SyncSettings
 
-from conftest import ServerHandle, create_database, drop_database, start_server, stop_server
-from flightsql_helpers import connect
-from test_security import SECRET, get, options, token
+from support.flightsql import connect
+from support.servers import ServerHandle, create_database, drop_database, start_server, stop_server
+from support.tokens import SECRET, get, options, token
+
+pytestmark = pytest.mark.postgres
 
 OWN = "proj-001"
 

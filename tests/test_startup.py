@@ -22,14 +22,16 @@ from pathlib import Path
 
 import duckdb
 import pytest
-from processes import BIN, ServerProcess
-from sync_support import pg_exec
 
 from flight_server.app import App
 from flight_server.settings import CacheSettings, DuckDBSettings, Settings, packaged_schemas
 from flight_server.startup import StartupError
 
-from conftest import create_database, drop_database, pg_settings, serve_env
+from support.processes import BIN, ServerProcess
+from support.servers import create_database, drop_database, pg_settings, serve_env
+from support.sync import pg_exec
+
+pytestmark = pytest.mark.postgres
 
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 

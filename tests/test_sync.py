@@ -12,11 +12,10 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 import pytest
-from sync_support import owner_uri, pg_exec, replica_rows, source_rows, synced, wait_for
 
 from flight_server.settings import CacheSettings, SyncSettings
 
-from conftest import (
+from support.servers import (
     ServerHandle,
     create_database,
     drop_database,
@@ -25,6 +24,10 @@ from conftest import (
     start_server,
     stop_server,
 )
+from support.sync import owner_uri, pg_exec, replica_rows, source_rows, synced
+from support.waiting import wait_for
+
+pytestmark = pytest.mark.postgres
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +41,10 @@ def synced_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerHa
         # the loop copies once at start-up, then waits: each test drives cycles with sync.run
         sync=SyncSettings(poll_interval_s=3600, validate_interval_s=0, batch_keys=2_000, backoff_initial_s=0.2),
     )
-    wait_for(lambda: handle.app.sync is not None and handle.app.sync.staleness("projects") is not None, what="sync")
+    wait_for(
+        lambda: handle.app.sync is not None and handle.app.sync.staleness("projects") is not None,
+        message="waiting for sync",
+    )
     yield handle
     stop_server(handle)
     drop_database(database)
@@ -193,7 +199,7 @@ def test_sync_refused_rows_go_to_the_retry_queue(synced_server: ServerHandle, mo
     assert [item["table"] for item in status["retry_queue"]] == ["projects"]
     assert status["tables"]["projects"]["staleness_s"] is None  # not used for reads meanwhile
     assert status["tables"]["domains"]["staleness_s"] is not None
-    wait_for(lambda: not synced(synced_server)["status"]["retry_queue"], what="the retry")
+    wait_for(lambda: not synced(synced_server)["status"]["retry_queue"], message="waiting for the retry")
     _same(synced_server, "projects", "id, name")
 
 

@@ -8,18 +8,14 @@ import shutil
 import socket
 import subprocess
 import tempfile
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import adbc_driver_postgresql.dbapi as pg
 import pyarrow as pa
 import pyarrow.flight as flight
 
-import support
-from conftest import ServerHandle
-
-T = TypeVar("T")
+from support.servers import ServerHandle
 
 
 def pg_exec(uri: str, *statements: str) -> list[tuple[Any, ...]]:
@@ -53,11 +49,6 @@ def get_with_metadata(handle: ServerHandle, command: dict[str, Any]) -> tuple[pa
     first = reader.read_chunk()
     metadata = json.loads(first.app_metadata.to_pybytes())
     return pa.Table.from_batches([first.data, *reader.read_all().to_batches()]), metadata
-
-
-def wait_for(condition: Callable[[], T], timeout_s: float = 30.0, what: str = "condition") -> T:
-    """The shared `support.wait_for`, worded for what is awaited."""
-    return support.wait_for(condition, timeout_s, f"timed out waiting for {what}")
 
 
 def synced(handle: ServerHandle) -> dict[str, Any]:

@@ -10,7 +10,7 @@ import threading
 import time
 from pathlib import Path
 
-from conftest import serve_env
+from support.servers import serve_env
 
 BIN = Path(sys.executable).parent / "flight-server"
 

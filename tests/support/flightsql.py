@@ -10,10 +10,7 @@ from google.protobuf.message import Message
 
 from flight_server.flightsql.protocol import pack
 
-from conftest import ServerHandle
-from support import wait_for
-
-__all__ = ["action", "connect", "descriptor", "wait_for"]
+from support.servers import ServerHandle
 
 
 def connect(handle: ServerHandle, **db_kwargs: str) -> Any:

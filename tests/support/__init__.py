@@ -1,0 +1,1 @@
+"""Helpers of the tests: servers, tokens, waiting, proxies, processes, Flight SQL, sync and ingest."""
