@@ -8,7 +8,6 @@ the server's one SQL dialect, DuckDB's; the PostgreSQL engine translates it.
 from __future__ import annotations
 
 import threading
-import time
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -19,7 +18,11 @@ import pytest
 from flight_server.context import RunningQueries
 from flight_server.engines.base import Engine, Params
 from flight_server.errors import Cancelled, InvalidArgument, TimedOut
-from tests.conftest import ServerHandle
+
+from support.servers import ServerHandle
+from support.waiting import wait_for
+
+pytestmark = pytest.mark.postgres
 
 PROJECTS = ["proj-001", "proj-003"]
 
@@ -126,13 +129,14 @@ def test_engine_cancel_stops_the_query(engine: Engine, case: Case, running: Runn
 
     thread = threading.Thread(target=run)
     thread.start()
-    give_up = time.monotonic() + 10
-    while query_id not in running and time.monotonic() < give_up:  # the DuckDB join, after any fetch
-        time.sleep(0.01)
-    time.sleep(0.2)  # under way, so that the interrupt is not taken before the query starts
-    assert engine.cancel(query_id)
-    thread.join(timeout=30)
-    assert not thread.is_alive()
+    wait_for(lambda: query_id in running, 10, "the query never started")  # the DuckDB join, after any fetch
+
+    def cancelled() -> bool:  # an interrupt taken before the engine starts is repeated until it stops it
+        engine.cancel(query_id)
+        thread.join(timeout=0.5)
+        return not thread.is_alive()
+
+    wait_for(cancelled, 30, "the query did not stop")
     [error] = outcome
     assert isinstance(error, Cancelled), error
     assert not engine.cancel(query_id)  # no longer running
