@@ -203,7 +203,7 @@ class App:
         total = sum(by_status.values())
         try:
             duckdb_memory = self._duckdb_memory()
-        except Exception:  # closing or busy: unknown this time
+        except Exception:  # noqa: BLE001 - closing or busy: unknown this time
             duckdb_memory = None
         l1 = self.cache.l1.stats()
         resources = self.resources.latest
@@ -287,7 +287,7 @@ class App:
             return None
         try:
             row = oltp.find_user(uri, username)
-        except Exception as exc:  # PostgreSQL down: nobody from the table can log in now
+        except Exception as exc:  # noqa: BLE001 - PostgreSQL down: nobody from the table can log in now
             logger.warning("user lookup failed", extra={"fields": {"error": str(exc).splitlines()[0]}})
             return None
         if row is None:

@@ -48,10 +48,6 @@ class Command:
             body["max_staleness_s"] = self.max_staleness_s
         return json.dumps(body, sort_keys=True, separators=(",", ":"), default=str).encode()
 
-    def describe(self) -> str:
-        """A short label for logs and metrics: the query name or 'sql'."""
-        return self.target if self.kind != "sql" else "sql"
-
 
 def load_json(raw: bytes | str, what: str) -> Any:
     """The JSON value a client sent as `what`; INVALID_ARGUMENT when it is not JSON or too deep.
@@ -106,12 +102,7 @@ def parse_command(raw: bytes) -> Command:
     if not isinstance(target, str) or not target.strip():
         raise InvalidArgument(f"'{kind}' must be a non-empty string")
     params = body.get("params", {} if kind != "sql" else [])
-    if kind == "query" and not isinstance(params, dict):
-        raise InvalidArgument("'params' of a named query must be a JSON object")
-    if kind == "sql" and not isinstance(params, list | dict):
-        raise InvalidArgument("'params' of SQL must be a JSON array (for $1, $2, ...) or object")
-    if kind == "dataset" and params:
-        raise InvalidArgument("a dataset takes no 'params'")
+    _check_params(kind, params)
     engine = body.get("engine", "auto")
     if engine not in ENGINE_HINTS:
         raise InvalidArgument(f"'engine' must be one of {', '.join(ENGINE_HINTS)}")
@@ -119,6 +110,22 @@ def parse_command(raw: bytes) -> Command:
     if cache not in CACHE_MODES:
         raise InvalidArgument(f"'cache' must be one of {', '.join(CACHE_MODES)}")
     staleness = body.get("max_staleness_s")
+    _check_staleness(staleness)
+    return Command(kind, target, params, engine, cache, staleness)
+
+
+def _check_params(kind: str, params: Any) -> None:
+    """INVALID_ARGUMENT unless `params` has the shape a command of `kind` takes."""
+    if kind == "query" and not isinstance(params, dict):
+        raise InvalidArgument("'params' of a named query must be a JSON object")
+    if kind == "sql" and not isinstance(params, list | dict):
+        raise InvalidArgument("'params' of SQL must be a JSON array (for $1, $2, ...) or object")
+    if kind == "dataset" and params:
+        raise InvalidArgument("a dataset takes no 'params'")
+
+
+def _check_staleness(staleness: Any) -> None:
+    """INVALID_ARGUMENT unless `staleness` is absent or a finite, non-negative number."""
     if staleness is not None and (
         isinstance(staleness, bool)
         or not isinstance(staleness, int | float)
@@ -126,7 +133,6 @@ def parse_command(raw: bytes) -> Command:
         or staleness < 0
     ):
         raise InvalidArgument("'max_staleness_s' must be a finite, non-negative number of seconds")
-    return Command(kind, target, params, engine, cache, staleness)
 
 
 def dataset_command(path: list[str]) -> Command:

@@ -239,16 +239,16 @@ class Settings(BaseSettings):
         description="most bytes of one Flight message the server sends: result batches are cut (zero-copy) "
         "to fit; only a single row larger than that travels alone in a bigger message",
     )
-    duckdb: DuckDBSettings = Field(default_factory=DuckDBSettings)  # type: ignore[arg-type]
-    postgres: PostgresSettings = Field(default_factory=PostgresSettings)  # type: ignore[arg-type]
-    cache: CacheSettings = Field(default_factory=CacheSettings)  # type: ignore[arg-type]
-    redis: RedisSettings = Field(default_factory=RedisSettings)  # type: ignore[arg-type]
-    ingest: IngestSettings = Field(default_factory=IngestSettings)  # type: ignore[arg-type]
-    auth: AuthSettings = Field(default_factory=AuthSettings)  # type: ignore[arg-type]
-    tls: TLSSettings = Field(default_factory=TLSSettings)  # type: ignore[arg-type]
-    limits: LimitSettings = Field(default_factory=LimitSettings)  # type: ignore[arg-type]
-    sync: SyncSettings = Field(default_factory=SyncSettings)  # type: ignore[arg-type]
-    flightsql: FlightSqlSettings = Field(default_factory=FlightSqlSettings)  # type: ignore[arg-type]
+    duckdb: DuckDBSettings = Field(default_factory=DuckDBSettings)
+    postgres: PostgresSettings = Field(default_factory=PostgresSettings)
+    cache: CacheSettings = Field(default_factory=CacheSettings)
+    redis: RedisSettings = Field(default_factory=RedisSettings)
+    ingest: IngestSettings = Field(default_factory=IngestSettings)
+    auth: AuthSettings = Field(default_factory=AuthSettings)
+    tls: TLSSettings = Field(default_factory=TLSSettings)
+    limits: LimitSettings = Field(default_factory=LimitSettings)
+    sync: SyncSettings = Field(default_factory=SyncSettings)
+    flightsql: FlightSqlSettings = Field(default_factory=FlightSqlSettings)
 
     @property
     def duckdb_path(self) -> Path:

@@ -90,7 +90,7 @@ class CacheWarmer:
             ctx = RequestContext(rpc="warm", caller=caller)
             if self._warm(command, ctx):
                 self.warmed += 1
-        except Exception as exc:  # a warming failure must never surface anywhere else
+        except Exception as exc:  # noqa: BLE001 - a warming failure must never surface anywhere else
             self.failures += 1
             logger.warning("cache warming failed", extra={"fields": {"error": str(exc).splitlines()[0][:200]}})
 

@@ -140,7 +140,7 @@ class DuckDBEngine:
             if relation is None:
                 raise InvalidArgument("the statement returned no result; send a query")
             reader = relation.to_arrow_reader(self._batch_rows)
-        except BaseException as exc:
+        except BaseException as exc:  # noqa: BLE001 - every driver error is translated and re-raised
             release()
             raise self.translate(exc, running) from None
         return QueryResult(reader, release, lambda exc: self.translate(exc, running))
@@ -169,7 +169,7 @@ class DuckDBEngine:
                 raise InvalidArgument("the statement returned no result; send a query")
             schema: pa.Schema = relation.limit(0).to_arrow_table().schema
             return schema
-        except BaseException as exc:
+        except BaseException as exc:  # noqa: BLE001 - every driver error is translated and re-raised
             raise self.translate(exc, running) from None
         finally:
             if running is not None:
@@ -184,7 +184,7 @@ class DuckDBEngine:
             relation = cursor.sql(f"EXPLAIN {sql}", params=params)
             rows = relation.fetchall() if relation is not None else []
             return "\n".join(str(row[1]) for row in rows)
-        except BaseException as exc:
+        except BaseException as exc:  # noqa: BLE001 - every driver error is translated and re-raised
             raise self.translate(exc, None) from None
         finally:
             cursor.close()

@@ -175,7 +175,7 @@ class HybridEngine:
                 )
                 try:
                     relations[fetch.name] = result.reader.read_all()
-                except BaseException as exc:
+                except BaseException as exc:  # noqa: BLE001 - every driver error is translated and re-raised
                     raise result.translate(exc) from None
                 finally:
                     result.close()

@@ -120,7 +120,7 @@ class PostgresEngine:
         if may_open:
             try:
                 return self._connect()
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - the pool slot is given back on any failure, then re-raised
                 with self._lock:
                     self._opened -= 1
                 self.breaker.failure()
@@ -191,7 +191,7 @@ class PostgresEngine:
                 cursor.close()
                 with conn.cursor() as rollback:
                     rollback.execute("ROLLBACK")
-            except Exception:
+            except Exception:  # noqa: BLE001 - best-effort clean-up: any failure retires the connection
                 state["healthy"] = False
             self._release(conn, state["healthy"])
 
@@ -200,7 +200,7 @@ class PostgresEngine:
             cursor.execute(f"SET LOCAL statement_timeout = {max(1, int(deadline * 1000))}")
             cursor.execute(sql, _positional(params))
             reader = cursor.fetch_record_batch()
-        except BaseException as exc:
+        except BaseException as exc:  # noqa: BLE001 - every driver error is translated and re-raised
             translated = self.translate(exc, running)
             state["healthy"] = not isinstance(translated, Unavailable)
             release()
@@ -216,7 +216,7 @@ class PostgresEngine:
                 result = work(cursor)
             self.breaker.success()
             return result
-        except BaseException as exc:
+        except BaseException as exc:  # noqa: BLE001 - every driver error is translated and re-raised
             translated = self.translate(exc, None)
             healthy = not isinstance(translated, Unavailable)
             raise translated from None

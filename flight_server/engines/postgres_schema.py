@@ -32,7 +32,7 @@ def apply_schema(uri: str, schemas_dir: Path, reader_uri: str | None = None) -> 
         reader = urlsplit(reader_uri) if reader_uri else None
         if reader is not None and reader.username == READER_ROLE and reader.password:
             cur.execute("SELECT quote_literal($1)", (unquote(reader.password),))
-            literal = str(cur.fetchone()[0])  # type: ignore[index]
+            literal = str(cur.fetchone()[0])
             cur.execute(f"ALTER ROLE {READER_ROLE} PASSWORD {literal}")
     logger.info("postgres schema applied")
 
@@ -65,4 +65,4 @@ def find_user(uri: str, email: str) -> tuple[str, str, list[str]] | None:
 def is_empty(uri: str) -> bool:
     with pg.connect(uri, autocommit=True) as conn, conn.cursor() as cur:
         cur.execute("SELECT NOT EXISTS (SELECT 1 FROM projects)")
-        return bool(cur.fetchone()[0])  # type: ignore[index]
+        return bool(cur.fetchone()[0])

@@ -140,6 +140,11 @@ def widens(src: pa.DataType, dst: pa.DataType) -> bool:
         return True  # unit changes are checked value by value; time zones convert via UTC
     if pa.types.is_decimal(src) and pa.types.is_decimal(dst):
         return bool(dst.scale >= src.scale and dst.precision - dst.scale >= src.precision - src.scale)
+    return _widens_nested(src, dst)
+
+
+def _widens_nested(src: pa.DataType, dst: pa.DataType) -> bool:
+    """`widens` for lists, structs (same field names, in order) and maps; False for any other pair."""
     src_list = any(is_list(src) for is_list in _LISTS)
     if src_list and (pa.types.is_list(dst) or pa.types.is_large_list(dst)):
         return widens(src.value_type, dst.value_type)
@@ -166,36 +171,11 @@ class Conformer:
     """Turns the batches of one put into batches of the dataset's file schema."""
 
     def __init__(self, source: pa.Schema, dataset: Dataset, max_columns: int, max_depth: int) -> None:
-        seen: dict[str, str] = {}
-        for f in source:
-            if not f.name or "\x00" in f.name or len(f.name) > _MAX_NAME:
-                raise InvalidArgument(f"column name '{f.name[:40]!r}' must be 1 to 255 characters without NUL")
-            if f.name.lower() in seen:
-                raise InvalidArgument(f"columns '{seen[f.name.lower()]}' and '{f.name}' differ only in case")
-            seen[f.name.lower()] = f.name
-            check_field(f, max_depth)
+        _check_names(source, max_depth)
         index = {f.name.lower(): i for i, f in enumerate(source)}
         part = dataset.partitioning
         derived = {key for key, _ in part.keys} - {part.source} if part else set()
-        base = dataset.base
-        columns: list[_Column] = []
-        for target in dataset.schema or []:
-            i = index.pop(target.name.lower(), None)
-            required = base.required if base else set()
-            if i is None and base is None:
-                raise InvalidArgument(
-                    f"column '{target.name}' is missing; dataset '{dataset.name}' has the columns "
-                    f"{', '.join(dataset.schema.names) if dataset.schema else ''} (fixed by its first put)"
-                )
-            if i is None and target.name in required:
-                raise InvalidArgument(f"required column '{target.name}' is missing")
-            if i is not None and not widens(source.field(i).type, target.type):
-                raise InvalidArgument(
-                    f"column '{target.name}' is {source.field(i).type}; dataset '{dataset.name}' "
-                    f"stores {target.type}: send that type or one that widens to it"
-                )
-            default = base.defaults.get(target.name) if base else None
-            columns.append(_Column(target.name, i, target.type, target.name in required, default))
+        columns = _dataset_columns(source, dataset, index)
         self.source_index: int | None = None
         if part is not None and part.source not in (dataset.schema.names if dataset.schema else []):
             self.source_index = index.pop(part.source, None)  # a key column: kept for the key only
@@ -281,3 +261,39 @@ def partition_path(part: Partitioning, code: int) -> str:
         (year_key, _), (month_key, _) = part.keys
         return f"{year_key}={1970 + code // 12}/{month_key}={code % 12 + 1}"
     return f"{part.keys[0][0]}={(_EPOCH + dt.timedelta(days=code)).isoformat()}"
+
+
+def _check_names(source: pa.Schema, max_depth: int) -> None:
+    """INVALID_ARGUMENT for a bad column name, two names differing only in case, or a field too deep."""
+    seen: dict[str, str] = {}
+    for f in source:
+        if not f.name or "\x00" in f.name or len(f.name) > _MAX_NAME:
+            raise InvalidArgument(f"column name '{f.name[:40]!r}' must be 1 to 255 characters without NUL")
+        if f.name.lower() in seen:
+            raise InvalidArgument(f"columns '{seen[f.name.lower()]}' and '{f.name}' differ only in case")
+        seen[f.name.lower()] = f.name
+        check_field(f, max_depth)
+
+
+def _dataset_columns(source: pa.Schema, dataset: Dataset, index: dict[str, int]) -> list[_Column]:
+    """The dataset's own columns, each matched to the put's column; pops the matched names from `index`."""
+    base = dataset.base
+    columns: list[_Column] = []
+    for target in dataset.schema or []:
+        i = index.pop(target.name.lower(), None)
+        required = base.required if base else set()
+        if i is None and base is None:
+            raise InvalidArgument(
+                f"column '{target.name}' is missing; dataset '{dataset.name}' has the columns "
+                f"{', '.join(dataset.schema.names) if dataset.schema else ''} (fixed by its first put)"
+            )
+        if i is None and target.name in required:
+            raise InvalidArgument(f"required column '{target.name}' is missing")
+        if i is not None and not widens(source.field(i).type, target.type):
+            raise InvalidArgument(
+                f"column '{target.name}' is {source.field(i).type}; dataset '{dataset.name}' "
+                f"stores {target.type}: send that type or one that widens to it"
+            )
+        default = base.defaults.get(target.name) if base else None
+        columns.append(_Column(target.name, i, target.type, target.name in required, default))
+    return columns

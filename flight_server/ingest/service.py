@@ -193,7 +193,7 @@ class IngestService:
                 self.datasets.replace_all(dataset, conformer.schema, files)
             else:
                 self.datasets.commit(dataset, conformer.schema, files, check=scope.check_commit)
-        except BaseException as exc:
+        except BaseException as exc:  # noqa: BLE001 - the sink is aborted on any failure, then re-raised
             sink.abort()
             raise _storage_error(exc) from None
         self._cache.bump([dataset.name])
@@ -263,7 +263,7 @@ class IngestService:
                         sink.write(_with_schema(batch, schema), partition=partition)
             new = sink.finish()
             self.datasets.replace(dataset, [f for group in chosen.values() for f in group], new)
-        except BaseException as exc:
+        except BaseException as exc:  # noqa: BLE001 - the sink is aborted on any failure, then re-raised
             sink.abort()
             raise _storage_error(exc) from None
         return new

@@ -125,7 +125,7 @@ class HealthService:
             serving = probe()
         except ResourceExhausted:  # every connection busy: the engine works, it is just full
             return True
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - any probe failure means not serving
             self.errors[name] = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
             return False
         self.errors.pop(name, None)

@@ -117,13 +117,13 @@ class ResourceMonitor:
         while not self._closed.wait(self._interval_s):
             try:
                 self.sample()
-            except Exception as exc:  # never let monitoring take anything down
+            except Exception as exc:  # noqa: BLE001 - never let monitoring take anything down
                 logger.warning("resource sampling failed", extra={"fields": {"error": str(exc).splitlines()[0]}})
 
     def sample(self) -> Sample:
         try:
             duckdb_memory = self._duckdb_memory()
-        except Exception:  # the engine is closing or busy: report it as unknown
+        except Exception:  # noqa: BLE001 - the engine is closing or busy: report it as unknown
             duckdb_memory = None
         cpu, system_cpu = self.cpu.read()
         sample = Sample(

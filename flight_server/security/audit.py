@@ -68,7 +68,7 @@ class AuditLog:
             try:
                 self._write(entries)
                 self.written += len(entries)
-            except Exception as exc:  # PostgreSQL down: keep serving, count the loss
+            except Exception as exc:  # noqa: BLE001 - PostgreSQL down: keep serving, count the loss
                 self.dropped += len(entries)
                 logger.warning("audit entries not written", extra={"fields": {"error": str(exc).splitlines()[0]}})
                 return

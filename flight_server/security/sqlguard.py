@@ -117,6 +117,18 @@ def check_read_only(
     if not sql or not sql.strip():
         raise InvalidArgument("empty SQL; send one SELECT statement")
     _require_unicode(sql)
+    tree = _parse_one(sql, syntax_error)
+    _refuse_writes(tree)
+    _check_table_sources(tree)
+    if max_generated is not None:
+        check_generated_sizes(tree, max_generated, params)
+    tables = _read_tables(tree, known_table)
+    placeholders = sum(1 for _ in tree.find_all(exp.Placeholder))
+    return CheckedQuery(sql=sql, tables=tuple(tables), placeholders=placeholders, tree=tree)
+
+
+def _parse_one(sql: str, syntax_error: Callable[[str], str | None] | None) -> exp.Expression:
+    """The one read-only statement in `sql`; INVALID_ARGUMENT for bad syntax, several statements or a write."""
     try:
         statements = [s for s in sqlglot.parse(sql, read="duckdb") if s is not None]
     except (ParseError, TokenError) as exc:
@@ -131,11 +143,20 @@ def check_read_only(
         raise InvalidArgument(
             f"only read-only queries (SELECT, WITH, VALUES, PIVOT) are allowed; got {tree.key.upper()}"
         )
+    return tree
+
+
+def _refuse_writes(tree: exp.Expression) -> None:
+    """INVALID_ARGUMENT for any forbidden node or function anywhere in `tree`."""
     for node in tree.walk():
         if isinstance(node, _FORBIDDEN_NODES):
             raise InvalidArgument(f"{node.key.upper()} is not allowed: the server is read-only")
         if isinstance(node, exp.Func) and _FORBIDDEN_FUNCTION.match(_function_name(node)):
             raise InvalidArgument(f"function {_function_name(node)}() is not allowed")
+
+
+def _check_table_sources(tree: exp.Expression) -> None:
+    """INVALID_ARGUMENT for a table function not known safe, or a table in another catalog or schema."""
     for table in tree.find_all(exp.Table):
         source = table.this
         if not isinstance(source, exp.Identifier):
@@ -145,8 +166,10 @@ def check_read_only(
             continue
         if table.catalog or table.db.lower() not in ("", "main"):
             raise InvalidArgument(f"table {table.sql(dialect='duckdb'):.80} is not in any engine")
-    if max_generated is not None:
-        check_generated_sizes(tree, max_generated, params)
+
+
+def _read_tables(tree: exp.Expression, known_table: Callable[[str], bool]) -> list[str]:
+    """The (lower-case) tables `tree` reads, in first-seen order; INVALID_ARGUMENT for an unknown one."""
     tables: list[str] = []
     for table in table_references(tree):
         name = table.name.lower()
@@ -154,8 +177,7 @@ def check_read_only(
             raise InvalidArgument(f"unknown table '{name:.80}'; ListFlights shows the datasets")
         if name not in tables:
             tables.append(name)
-    placeholders = sum(1 for _ in tree.find_all(exp.Placeholder))
-    return CheckedQuery(sql=sql, tables=tuple(tables), placeholders=placeholders, tree=tree)
+    return tables
 
 
 def _require_unicode(sql: str) -> None:

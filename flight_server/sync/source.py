@@ -66,7 +66,7 @@ class Snapshot:
         self._cur = cursor
         self._secret = secret  # columns never copied out of PostgreSQL (flight_server.security.access)
         cursor.execute("SELECT pg_current_snapshot()::text, extract(epoch FROM clock_timestamp())")
-        text, taken = cursor.fetchone()  # type: ignore[misc]
+        text, taken = cursor.fetchone()
         self.text = str(text)
         self.taken_at = float(taken)
 
