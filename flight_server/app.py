@@ -305,7 +305,7 @@ class App:
         source = ChangeSource(settings.postgres.uri, settings.schemas_dir, settings.postgres.connect_timeout_s)
         store = ReplicaStore(self.duckdb.cursor)
         sync = SyncService(settings.sync, source, store, self.cache.bump, prepare=setup.require)
-        self.executor.replicas = ReplicaRouter(
+        self.executor.planner.replicas = ReplicaRouter(
             sync, self.registry, settings.sync.max_staleness_s, self.access.secret_names()
         )
         sync.start()

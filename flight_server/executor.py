@@ -1,10 +1,15 @@
-"""From a decoded command to a running, streaming result.
+"""From a plan to a running, streaming result: describe, open, stream.
 
-`QueryExecutor.plan` resolves a command (named query, raw SQL or dataset) into a
-`Plan`: the final SQL, bound parameters, the tables read and the engine the router
-chose. `QueryExecutor.open` consults the result cache, starts the query on its engine
-and reads the first batch, so that most failures surface as proper errors before any
-data is sent; the rest of the stream stays a C++ reader.
+`QueryExecutor.plan` hands the command to the planner (flight_server.planner).
+`QueryExecutor.describe` answers the result schema and cache status, and
+`QueryExecutor.open` consults the result cache, starts the query on its engine and reads
+the first batch, so that most failures surface as proper errors before any data is sent;
+the rest of the stream stays a C++ reader. When PostgreSQL fails under a plan, both
+answer from the DuckDB replicas with a new plan, which they return.
+
+The router learns one latency per run: the time to the first batch (or to the end of an
+empty result), recorded in `_run` whichever way the result then goes (streamed, stored in
+the cache, or streamed because it is too large to store).
 """
 
 from __future__ import annotations
@@ -17,25 +22,21 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, NamedTuple, TypeVar
 
 import pyarrow as pa
-import sqlglot
 
 from flight_server.cache.tiered import CacheKey, TieredCache, cache_key, route_version, table_version
 from flight_server.catalog import Catalog, NamedQuery, check_columns
 from flight_server.commands import Command
-from flight_server.context import Caller, RequestContext
+from flight_server.context import RequestContext
 from flight_server.engines.base import Engine, QueryResult
-from flight_server.errors import NotFound, PermissionDenied, Unavailable, one_line
-from flight_server.replicas import ReplicaChoice, ReplicaRouter
-from flight_server.router import Route, Router
+from flight_server.errors import Unavailable, one_line
+from flight_server.planner import Plan, QueryPlanner
+from flight_server.router import Router
 from flight_server.security.access import AccessPolicy
 from flight_server.security.audit import fingerprint
 from flight_server.security.limits import Limiter
-from flight_server.security.middleware import require
-from flight_server.security.scoping import PROJECT_COLUMNS, project_column, scope_sql
-from flight_server.security.sqlguard import check_read_only
 
 logger = logging.getLogger(__name__)
 
@@ -53,7 +54,6 @@ _SAMPLE_VALUES: dict[str, Any] = {
 _MEMO_MOST = 1024  # schemas remembered by `describe`, and results known too large to cache
 V = TypeVar("V")
 _TOO_LARGE_MEMORY_S = 600.0  # how long a result too large to cache streams without trying again
-RAW_SQL_TTL_S = 300  # raw SQL and whole datasets; data versions keep them correct
 _CACHED_AT = b"chrono:cached_at"  # schema metadata of a cached result: when it was computed
 
 
@@ -90,44 +90,6 @@ class _Memo(Generic[V]):
 
 
 @dataclass
-class Plan:
-    command: Command
-    label: str  # named query, dataset, or "sql"
-    engine: str
-    reason: str
-    sql: str
-    params: Any
-    tables: tuple[str, ...]
-    ttl_s: float
-    query_id: str
-    named: NamedQuery | None = None
-    deadline_s: float | None = None
-    tree: Any = None  # the parsed SQL, for the replica decision
-    unavailable: Unavailable | None = None  # the router's error when PostgreSQL is down
-    replica: ReplicaChoice | None = None
-
-    def become(self, other: Plan) -> None:
-        """Take every field of `other`: the same request, planned again."""
-        for name in self.__dataclass_fields__:
-            setattr(self, name, getattr(other, name))
-
-    def metadata(self, cache: str) -> dict[str, Any]:
-        out = {
-            "engine": self.engine,
-            "reason": self.reason,
-            "cache": cache,
-            "query_id": self.query_id,
-            "route": self.label,
-            "tables": list(self.tables),
-            "replica": self.replica is not None,
-        }
-        if self.replica is not None:
-            out["staleness_s"] = round(self.replica.staleness_s, 3)
-            out["replica_tables"] = list(self.replica.tables)
-        return out
-
-
-@dataclass
 class OpenResult:
     """A result ready to stream: batches already in hand, then (maybe) a live reader.
 
@@ -152,6 +114,14 @@ class OpenResult:
             callback()
 
 
+class Description(NamedTuple):
+    """What `QueryExecutor.describe` answers: the plan described, its result schema and cache status."""
+
+    plan: Plan
+    schema: pa.Schema
+    cache: str
+
+
 class QueryExecutor:
     def __init__(
         self,
@@ -166,20 +136,15 @@ class QueryExecutor:
         limits: Limiter | None = None,
     ) -> None:
         self.catalog = catalog
-        self.access = access or AccessPolicy()
-        self.max_generated = max_generated  # see flight_server.security.sqlsize
+        self.planner = QueryPlanner(catalog, engines, router, syntax_error, access=access, max_generated=max_generated)
         self.limits = limits  # query slots, taken by `describe`
         self.engines = engines
         self.router = router
         self.cache = cache
         self.deadline_s = deadline_s
-        self._syntax_error = syntax_error
         self._named_schemas: dict[str, pa.Schema] = {}
         self._described: _Memo[pa.Schema] = _Memo(_MEMO_MOST)  # result schemas by cache key digest
         self._too_large: _Memo[float] = _Memo(_MEMO_MOST)  # results that outgrew a cache entry: shape -> when
-        self._scoped_cache: tuple[frozenset[str], dict[str, str]] | None = None
-        self._named_trees = {q.name: sqlglot.parse_one(q.sql, read="duckdb") for q in catalog}
-        self.replicas: ReplicaRouter | None = None  # set when PostgreSQL is replicated into DuckDB
 
     def validate_catalog(self) -> None:
         """Plan every named query not planned yet with sample values: a broken entry stops start-up.
@@ -200,9 +165,7 @@ class QueryExecutor:
                 continue
             sample = {p.name: p.default if p.default is not None else _SAMPLE_VALUES[p.type] for p in query.params}
             try:
-                route = self.router.route(
-                    query.tables, declared=query.engine, tree=self._named_trees[query.name], label=query.name
-                )
+                route = self.planner.route_named(query)
                 self._named_schemas[query.name] = self._schema(route.engine, query.sql, sample)
             except Unavailable as exc:  # an engine down at start-up: the query answers UNAVAILABLE for now
                 logger.warning("named query not planned", extra={"fields": {"query": query.name, "error": str(exc)}})
@@ -225,158 +188,15 @@ class QueryExecutor:
 
     # -- planning ----------------------------------------------------------------------
 
+    # -- planning ----------------------------------------------------------------------
+
     def plan(self, command: Command, ctx: RequestContext, postgres_down: Unavailable | None = None) -> Plan:
-        """The plan of a command; `postgres_down`: PostgreSQL just failed under this very request."""
-        plan = self._plan(command, ctx)
-        if postgres_down is not None and plan.engine in ("postgres", "hybrid"):
-            plan.unavailable = plan.unavailable or postgres_down
-        plan.deadline_s = ctx.deadline_s
+        """The plan of a command for `ctx`'s caller (flight_server.planner); raw SQL is
+        fingerprinted into `ctx` for the audit trail."""
+        plan = self.planner.plan(command, ctx.caller, ctx.query_id, ctx.deadline_s, postgres_down)
         if command.kind == "sql":
             ctx.sql_fingerprint = fingerprint(command.target)
-        self._use_replicas(plan)
-        self._restrict(plan, ctx.caller)
         return plan
-
-    def _route(
-        self,
-        command: Command,
-        tables: tuple[str, ...],
-        declared: str | None = None,
-        tree: Any = None,
-        label: str = "sql",
-    ) -> tuple[Route, Unavailable | None]:
-        """The router's choice; with PostgreSQL down and replicas kept, a provisional one.
-
-        The hint `duckdb` over OLTP tables asks for their replicas: routed as `auto` here,
-        then `_use_replicas` holds the plan to them.
-        """
-        hint = command.engine
-        if hint == "duckdb" and self.replicas is not None and self.replicas.postgres_tables("hybrid", tables):
-            hint = "auto"
-        try:
-            return self.router.route(tables, hint, declared=declared, tree=tree, label=label), None
-        except Unavailable as exc:
-            if self.replicas is None or command.engine == "postgres" or "postgres" not in self.engines:
-                raise
-            if not self.replicas.postgres_tables("hybrid", tables) or not self.router.available("duckdb"):
-                raise
-            engine = "postgres" if all(self.router.registry.engines(t) == ["postgres"] for t in tables) else "hybrid"
-            return Route(engine, str(exc)), exc
-
-    def _use_replicas(self, plan: Plan) -> None:
-        """Point the plan at DuckDB replicas when they are fresh enough (flight_server.replicas)."""
-        if self.replicas is None:
-            return
-        choice = self.replicas.choose(plan.command, plan.engine, plan.sql, plan.tables, plan.tree, plan.unavailable)
-        if choice is None:
-            if plan.unavailable is not None:
-                raise plan.unavailable
-            return
-        plan.engine, plan.sql, plan.reason, plan.replica = "duckdb", choice.sql, choice.reason, choice
-
-    def _restrict(self, plan: Plan, caller: Caller) -> None:
-        """Rewrite the plan's SQL so that it reads only what the caller may see.
-
-        Scoped callers read only their projects' rows. Raw SQL and datasets of
-        non-admins read no admin-only table and no secret column; `SELECT *` reads no
-        secret column for anyone, and admins get the ones they name (flight_server.security.access).
-        Named queries are declared by the catalogue and keep their SQL apart from scoping.
-        """
-        projects = caller.projects
-        if plan.named is not None and projects is not None:
-            for param in plan.named.params:
-                value = plan.params.get(param.name) if isinstance(plan.params, dict) else None
-                wanted = value if isinstance(value, list) else [value] if param.name.startswith("project") else []
-                denied = [v for v in wanted if v is not None and v not in projects]
-                if denied:
-                    raise PermissionDenied(f"no access to project '{denied[0]}'")
-        columns, secret = self.access.restrictions(plan.tables, caller.role) if plan.named is None else ({}, {})
-        scoped = self.scoped_tables() if projects is not None else {}
-        if any(t in scoped for t in plan.tables) or secret:
-            admin = caller.role == "admin"
-            plan.sql = scope_sql(plan.sql, projects, scoped, columns=columns, secret=secret, secrets_allowed=admin)
-            if projects is not None:
-                plan.reason += f"; scoped to {len(projects)} project(s)"
-
-    def scoped_tables(self) -> dict[str, str]:
-        """Tables that carry a project: the known ones, and datasets with a project_id column.
-
-        Column names match the way the engines resolve them: DuckDB ignores case even in
-        quoted names, so `Project_ID` carries the project too; the filter names the
-        column exactly as the engine spells it.
-        """
-        known = frozenset(self.router.registry.tables())
-        if self._scoped_cache is not None and self._scoped_cache[0] == known:
-            return self._scoped_cache[1]
-        tables = dict(PROJECT_COLUMNS)
-        for engine in self.engines.values():
-            for table, cols in engine.columns().items():
-                column = project_column(cols)
-                if column is not None:
-                    tables.setdefault(table, column)
-        self._scoped_cache = (known, tables)
-        return tables
-
-    def _plan(self, command: Command, ctx: RequestContext) -> Plan:
-        if command.kind == "query":
-            require(ctx.caller, "query", "run named queries")
-            named = self.catalog.get(command.target)
-            params: Any = named.bind(command.params if isinstance(command.params, dict) else {})
-            tree = self._named_trees[named.name]
-            route, down = self._route(command, named.tables, named.engine, tree, named.name)
-            return Plan(
-                command,
-                named.name,
-                route.engine,
-                route.reason,
-                named.sql,
-                params,
-                named.tables,
-                named.ttl_s,
-                ctx.query_id,
-                named,
-                tree=tree,
-                unavailable=down,
-            )
-        require(ctx.caller, "sql", "run raw SQL or read whole datasets")
-        if command.kind == "dataset":
-            name = command.target.lower()
-            if not self.router.registry.has(name):
-                raise NotFound(f"unknown dataset '{command.target:.80}'; ListFlights shows the datasets")
-            route = self.router.route([name], command.engine, label=name)
-            return Plan(
-                command,
-                name,
-                route.engine,
-                route.reason,
-                f'SELECT * FROM "{name}"',
-                None,
-                (name,),
-                RAW_SQL_TTL_S,
-                ctx.query_id,
-            )
-        checked = check_read_only(
-            command.target,
-            self.router.registry.has,
-            self._syntax_error,
-            max_generated=self.max_generated,
-            params=command.params or None,
-        )
-        route, down = self._route(command, tuple(checked.tables), tree=checked.tree)
-        params = command.params if command.params else None
-        return Plan(
-            command,
-            "sql",
-            route.engine,
-            route.reason,
-            checked.sql,
-            params,
-            tuple(checked.tables),
-            RAW_SQL_TTL_S,
-            ctx.query_id,
-            tree=checked.tree,
-            unavailable=down,
-        )
 
     def schema(self, plan: Plan) -> pa.Schema:
         if plan.named is not None and plan.replica is None and plan.named.name in self._named_schemas:
@@ -414,25 +234,26 @@ class QueryExecutor:
         """What the cache would answer for this plan now (for FlightInfo; not counted)."""
         return self.cache.peek(self._key(plan, ctx), plan.command.cache)
 
-    def _on_replicas(self, plan: Plan, ctx: RequestContext, down: Unavailable) -> None:
-        """Re-plan in place on the DuckDB replicas after PostgreSQL failed under `plan` (else raise `down`).
+    def _on_replicas(self, plan: Plan, ctx: RequestContext, down: Unavailable) -> Plan:
+        """`plan` planned again onto the DuckDB replicas after PostgreSQL failed under it (else raise `down`).
 
         The first query after PostgreSQL goes away finds its breaker still closed, is
         routed to PostgreSQL and fails there; planned again with that failure in hand it
         is answered from the replicas like the queries after it, which the open breaker
         sends there directly.
         """
-        if self.replicas is None or plan.replica is not None or plan.engine not in ("postgres", "hybrid"):
+        if self.planner.replicas is None or plan.replica is not None or plan.engine not in ("postgres", "hybrid"):
             raise down
-        plan.become(self.plan(plan.command, ctx, postgres_down=down))
+        return self.plan(plan.command, ctx, postgres_down=down)
 
-    def describe(self, plan: Plan, ctx: RequestContext) -> tuple[pa.Schema, str]:
-        """The plan's result schema and cache status, for a FlightInfo (see `_describe`)."""
+    def describe(self, plan: Plan, ctx: RequestContext) -> Description:
+        """The plan's result schema and cache status, for a FlightInfo (see `_describe`), and
+        the plan they belong to: `plan`, or the replica plan when PostgreSQL failed under it."""
         try:
-            return self._describe(plan, ctx)
+            return Description(plan, *self._describe(plan, ctx))
         except Unavailable as exc:
-            self._on_replicas(plan, ctx, exc)
-            return self._describe(plan, ctx)
+            plan = self._on_replicas(plan, ctx, exc)
+            return Description(plan, *self._describe(plan, ctx))
 
     def _describe(self, plan: Plan, ctx: RequestContext) -> tuple[pa.Schema, str]:
         """Schemas are remembered by the plan's cache key (SQL, parameters, engine, scope
@@ -454,8 +275,7 @@ class QueryExecutor:
         try:
             return self._open(plan, ctx, count_use)
         except Unavailable as exc:
-            self._on_replicas(plan, ctx, exc)
-            return self._open(plan, ctx, False)
+            return self._open(self._on_replicas(plan, ctx, exc), ctx, False)
 
     def _open(self, plan: Plan, ctx: RequestContext, count_use: bool) -> OpenResult:
         if plan.named is not None and count_use:
@@ -501,19 +321,30 @@ class QueryExecutor:
         bound = plan.command.max_staleness_s
         return bound is not None and plan.engine in ("postgres", "hybrid") and age_s > bound
 
-    def _start(self, plan: Plan, status: str = "bypass") -> OpenResult:
+    def _run(self, plan: Plan) -> tuple[QueryResult, pa.RecordBatch | None]:
+        """Start the plan's query and read its first batch (None: the result is empty).
+
+        The one place the router's latency feedback is recorded: the time to the first
+        batch, or to the end of an empty result, on every path that runs a query.
+        """
         started = time.monotonic()
         running = self._execute(plan)
         try:
-            first = [running.reader.read_next_batch()]
-            self.router.latency.record(plan.label, plan.engine, (time.monotonic() - started) * 1000)
+            first: pa.RecordBatch | None = running.reader.read_next_batch()
         except StopIteration:
-            running.close()
-            return OpenResult(plan, running.schema, status)
+            first = None
         except BaseException as exc:
             running.close()
             raise running.translate(exc) from None
-        return OpenResult(plan, running.schema, status, batches=first, running=running)
+        self.router.latency.record(plan.label, plan.engine, (time.monotonic() - started) * 1000)
+        return running, first
+
+    def _start(self, plan: Plan, status: str = "bypass") -> OpenResult:
+        running, first = self._run(plan)
+        if first is None:
+            running.close()
+            return OpenResult(plan, running.schema, status)
+        return OpenResult(plan, running.schema, status, batches=[first], running=running)
 
     def _run_and_store(self, plan: Plan, key: CacheKey, status: str, shape: str) -> OpenResult:
         """Read the result while it fits a cache entry; a complete one is stored.
@@ -521,22 +352,24 @@ class QueryExecutor:
         A larger result keeps streaming: the batches read so far go first, then the
         live reader, and nothing is cached.
         """
-        started = time.monotonic()
-        running = self._execute(plan)
-        batches: list[pa.RecordBatch] = []
-        held = 0
+        running, first = self._run(plan)
+        batches = [] if first is None else [first]
+        held = sum(batch.nbytes for batch in batches)
+        complete = first is None
         try:
-            while held <= self.cache.max_entry_bytes:
+            while not complete and held <= self.cache.max_entry_bytes:
                 try:
                     batch = running.reader.read_next_batch()
                 except StopIteration:
-                    running.close()
-                    self.router.latency.record(plan.label, plan.engine, (time.monotonic() - started) * 1000)
-                    table = pa.Table.from_batches(batches, schema=running.schema)
-                    self.cache.store(key, _stamped(table))
-                    return OpenResult(plan, running.schema, status, batches=batches)
+                    complete = True
+                    break
                 batches.append(batch)
                 held += batch.nbytes
+            if complete:
+                running.close()
+                table = pa.Table.from_batches(batches, schema=running.schema)
+                self.cache.store(key, _stamped(table))
+                return OpenResult(plan, running.schema, status, batches=batches)
         except BaseException as exc:
             running.close()
             raise running.translate(exc) from None

@@ -16,12 +16,11 @@ import pyarrow as pa
 import pyarrow.flight as flight
 
 from flight_server.actions import ACTIONS, ActionDeps, RequestCounts
-from flight_server.batching import bounded_batches, bounded_table
 from flight_server.commands import Command, dataset_command, parse_command
 from flight_server.context import Caller, RequestContext
 from flight_server.engines.base import QueryResult
 from flight_server.errors import ChronoError, InvalidArgument, NotFound, ResourceExhausted, to_flight_error
-from flight_server.executor import OpenResult, Plan
+from flight_server.executor import OpenResult
 from flight_server.flightsql.actions import SQL_ACTIONS
 from flight_server.flightsql.deps import FlightSqlDeps
 from flight_server.flightsql.prepared import BoundRun
@@ -30,6 +29,7 @@ from flight_server.flightsql.service import FlightSqlService
 from flight_server.flightsql.types import conform_result
 from flight_server.ops.live import parse_subscription
 from flight_server.ops.metrics import Metrics
+from flight_server.planner import Plan
 from flight_server.security.audit import AuditLog
 from flight_server.security.auth import Authenticator
 from flight_server.security.middleware import (
@@ -41,7 +41,7 @@ from flight_server.security.middleware import (
     tls_options,
 )
 from flight_server.settings import Settings
-from flight_server.streaming import WatchedStream
+from flight_server.streaming import WatchedStream, bounded_batches, bounded_table
 
 logger = logging.getLogger(__name__)
 
@@ -168,7 +168,7 @@ class ChronoFlightServer(flight.FlightServerBase):  # type: ignore[misc]
                 return info
             command = self._command(descriptor)
             plan = self.deps.executor.plan(command, ctx)
-            schema, cache = self.deps.executor.describe(plan, ctx)
+            plan, schema, cache = self.deps.executor.describe(plan, ctx)
             ticket = flight.Ticket(plan.command.to_json())
             metadata = plan.metadata(cache)
             self._log(ctx, plan.label, "ok", engine=plan.engine)
@@ -191,7 +191,7 @@ class ChronoFlightServer(flight.FlightServerBase):  # type: ignore[misc]
                 self._log(ctx, sql_command.DESCRIPTOR.name, "ok")
                 return result
             plan = self.deps.executor.plan(self._command(descriptor), ctx)
-            schema, _ = self.deps.executor.describe(plan, ctx)
+            plan, schema, _ = self.deps.executor.describe(plan, ctx)
             self._log(ctx, plan.label, "ok", engine=plan.engine)
             return flight.SchemaResult(schema)
 
@@ -265,7 +265,7 @@ class ChronoFlightServer(flight.FlightServerBase):  # type: ignore[misc]
 
         The query's resources and slot go when the stream ends, or as soon as its client
         has stopped reading for the stall timeout. Every batch is cut to the message bound
-        (`bounded_batches`: zero-copy slices, flight_server.batching), so that no message
+        (`bounded_batches`: zero-copy slices, flight_server.streaming), so that no message
         exceeds `FLIGHT_MAX_MESSAGE_BYTES`.
         """
         status = "cancelled"

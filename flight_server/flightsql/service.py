@@ -20,7 +20,7 @@ from sqlglot import exp
 from flight_server.commands import Command, load_json, parse_command
 from flight_server.context import RequestContext
 from flight_server.errors import Cancelled, ChronoError, InvalidArgument
-from flight_server.executor import OpenResult, Plan
+from flight_server.executor import OpenResult
 from flight_server.flightsql import flight_sql_pb2 as sql
 from flight_server.flightsql.browse import MetadataQueries
 from flight_server.flightsql.cancel import QueryTickets
@@ -31,6 +31,7 @@ from flight_server.flightsql.prepared import BoundRun, PreparedStatement, Prepar
 from flight_server.flightsql.protocol import pack, unpack_body, unpack_command
 from flight_server.flightsql.statements import bind_rows, parameter_schema, statement_command
 from flight_server.flightsql.types import client_schema, conform_result
+from flight_server.planner import Plan
 from flight_server.security.middleware import require
 
 READ_ONLY = (
@@ -73,7 +74,7 @@ class FlightSqlService:
             handle = {"prepared": statement.handle.hex(), "query_id": plan.query_id}
         else:
             raise InvalidArgument(f"{name} is not a query; GetFlightInfo takes queries and metadata commands")
-        schema, cache = self.deps.executor.describe(plan, ctx)
+        plan, schema, cache = self.deps.executor.describe(plan, ctx)
         self.tickets.announce(plan.query_id, ctx.caller)
         ticket = pack(sql.TicketStatementQuery(statement_handle=json.dumps(handle).encode()))
         metadata = plan.metadata(cache)
@@ -93,7 +94,7 @@ class FlightSqlService:
             return self.metadata.schema(command, ctx)
         if isinstance(command, sql.CommandStatementQuery):
             plan = self.deps.executor.plan(self._statement(command.query, command), ctx)
-            return client_schema(self.deps.executor.describe(plan, ctx)[0])
+            return client_schema(self.deps.executor.describe(plan, ctx).schema)
         if isinstance(command, sql.CommandPreparedStatementQuery):
             return self.prepared.get(ctx.caller, command.prepared_statement_handle).dataset_schema
         raise InvalidArgument(f"{name} has no result schema")
@@ -129,8 +130,8 @@ class FlightSqlService:
     def _run_many(self, commands: list[Command], ctx: RequestContext) -> BoundRun:
         """A statement bound to many parameter rows: run once per row, streamed (`BoundRun`)."""
         executor = self.deps.executor
-        first = executor.plan(commands[0], ctx)
-        schema = client_schema(executor.describe(first, ctx)[0])  # remembered since its FlightInfo
+        first, described, _ = executor.describe(executor.plan(commands[0], ctx), ctx)  # remembered since its FlightInfo
+        schema = client_schema(described)
 
         def open_row(index: int) -> OpenResult:
             plan = first if index == 0 else executor.plan(commands[index], ctx)
@@ -191,7 +192,7 @@ class FlightSqlService:
             probe = Command(command.kind, command.target, nulls, command.engine, command.cache)
         plan = self.deps.executor.plan(probe, ctx)  # checks the statement now: bad SQL fails at prepare
         # remembered by plan, so the GetFlightInfo that follows does not describe it again
-        dataset = client_schema(self.deps.executor.describe(plan, ctx)[0])
+        dataset = client_schema(self.deps.executor.describe(plan, ctx).schema)
         statement = self.prepared.create(ctx.caller, command, dataset, parameters)
         result = sql.ActionCreatePreparedStatementResult(
             prepared_statement_handle=statement.handle,
