@@ -193,10 +193,9 @@ class QueryExecutor:
     def plan(self, command: Command, ctx: RequestContext, postgres_down: Unavailable | None = None) -> Plan:
         """The plan of a command for `ctx`'s caller (flight_server.planner); raw SQL is
         fingerprinted into `ctx` for the audit trail."""
-        plan = self.planner.plan(command, ctx.caller, ctx.query_id, ctx.deadline_s, postgres_down)
-        if command.kind == "sql":
+        if command.kind == "sql":  # before planning: a refused statement is audited with its fingerprint too
             ctx.sql_fingerprint = fingerprint(command.target)
-        return plan
+        return self.planner.plan(command, ctx.caller, ctx.query_id, ctx.deadline_s, postgres_down)
 
     def schema(self, plan: Plan) -> pa.Schema:
         if plan.named is not None and plan.replica is None and plan.named.name in self._named_schemas:
