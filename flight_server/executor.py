@@ -170,7 +170,7 @@ class QueryExecutor:
             except Unavailable as exc:  # an engine down at start-up: the query answers UNAVAILABLE for now
                 logger.warning("named query not planned", extra={"fields": {"query": query.name, "error": str(exc)}})
                 self._check_offline(query)
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - any failure to plan is a catalogue error at start-up
                 raise ValueError(f"named query {query.name} does not plan: {one_line(str(exc))}") from None
 
     def _check_offline(self, query: NamedQuery) -> None:
@@ -332,7 +332,7 @@ class QueryExecutor:
             first: pa.RecordBatch | None = running.reader.read_next_batch()
         except StopIteration:
             first = None
-        except BaseException as exc:
+        except BaseException as exc:  # noqa: BLE001 - the engine's error, translated and re-raised
             running.close()
             raise running.translate(exc) from None
         self.router.latency.record(plan.label, plan.engine, (time.monotonic() - started) * 1000)
@@ -369,7 +369,7 @@ class QueryExecutor:
                 table = pa.Table.from_batches(batches, schema=running.schema)
                 self.cache.store(key, _stamped(table))
                 return OpenResult(plan, running.schema, status, batches=batches)
-        except BaseException as exc:
+        except BaseException as exc:  # noqa: BLE001 - the engine's error, translated and re-raised
             running.close()
             raise running.translate(exc) from None
         self.cache.note_too_large()
@@ -384,7 +384,7 @@ class QueryExecutor:
             if result.running is not None:
                 try:
                     batches.extend(result.running.reader)
-                except BaseException as exc:
+                except BaseException as exc:  # noqa: BLE001 - the engine's error, translated and re-raised
                     raise result.running.translate(exc) from None
             return pa.Table.from_batches(batches, schema=result.schema)
         finally:

@@ -105,7 +105,7 @@ class ChronoFlightServer(flight.FlightServerBase):  # type: ignore[misc]
             ctx.deadline_s = self.deps.limits.deadline_s(caller, self.deps.settings.duckdb.query_deadline_s)
             self.deps.limits.admit(caller)
             result = handler(ctx)
-        except BaseException as exc:
+        except BaseException as exc:  # noqa: BLE001 - the RPC boundary: every failure becomes a Flight status
             status = exc.status if isinstance(exc, ChronoError) else "internal"
             self._log(ctx, label, status, error=str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
             raise to_flight_error(exc) from None
@@ -463,7 +463,7 @@ def _read(running: QueryResult) -> Iterator[pa.RecordBatch]:
     """The batches of a running query's reader, its failures as the engine words them."""
     try:
         yield from running.reader
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - the engine's error, translated and re-raised
         raise running.translate(exc) from None
 
 

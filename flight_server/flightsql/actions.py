@@ -24,7 +24,7 @@ Handler = Callable[[FlightSqlService, RequestContext, bytes], list[bytes]]
 def _flight_info(raw: bytes) -> flight.FlightInfo:
     try:
         return flight.FlightInfo.deserialize(raw)
-    except Exception:
+    except Exception:  # noqa: BLE001 - any undecodable body is the client's error
         raise InvalidArgument("the cancel request must hold the FlightInfo of the query") from None
 
 

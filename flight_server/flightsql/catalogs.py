@@ -143,7 +143,7 @@ def fetch_rows(engine: Engine, ctx: RequestContext, sql: str) -> list[dict[str, 
     result = run(sql, None, query_id=f"{ctx.query_id}-metadata", deadline_s=ctx.deadline_s)
     try:
         table = result.reader.read_all()
-    except BaseException as exc:
+    except BaseException as exc:  # noqa: BLE001 - the engine's error, translated and re-raised
         raise result.translate(exc) from None
     finally:
         result.close()

@@ -162,7 +162,7 @@ class BoundRun:
                             batch = running.reader.read_next_batch()
                         except StopIteration:
                             break
-                        except Exception as exc:
+                        except Exception as exc:  # noqa: BLE001 - the engine's error, translated and re-raised
                             raise running.translate(exc) from None
                         yield self._cast(batch, index)
                 finally:
