@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import os
 import platform
 import shutil
@@ -115,6 +116,14 @@ def fmt_rate(rows_per_s: float) -> str:
     return f"{rows_per_s / 1e6:.2f} M rows/s"
 
 
+def fmt_ms(seconds: float) -> str:
+    return f"{seconds * 1000:.0f} ms" if seconds >= 0.1 else f"{seconds * 1000:.1f} ms"
+
+
+def geomean(values: Sequence[float]) -> float:
+    return math.exp(sum(math.log(v) for v in values) / len(values)) if values else float("nan")
+
+
 def write_results(
     results: Sequence[Result],
     meta: Mapping[str, Any],
@@ -131,7 +140,7 @@ def write_results(
     return markdown
 
 
-def _cell(text: str) -> str:
+def cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
@@ -153,8 +162,8 @@ def render_markdown(results: Sequence[Result], meta: Mapping[str, Any]) -> str:
     for r in results:
         met = "—" if r.met is None else ("yes" if r.met else "**no**")
         lines.append(
-            f"| {_cell(r.benchmark + ' ' + r.title)} | {_cell(r.baseline)} | {_cell(r.candidate)} | "
-            f"{_cell(r.ratio_text)} | {_cell(r.target)} | {met} | {r.repetitions} |"
+            f"| {cell(r.benchmark + ' ' + r.title)} | {cell(r.baseline)} | {cell(r.candidate)} | "
+            f"{cell(r.ratio_text)} | {cell(r.target)} | {met} | {r.repetitions} |"
         )
     lines += ["", "## Details", ""]
     for r in results:
