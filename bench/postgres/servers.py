@@ -92,6 +92,8 @@ def server_env(db_uri_owner: str, db_name: str, deadline_s: float) -> dict[str, 
         "FLIGHT_CACHE__WARM_TOP_N": "0",
         "FLIGHT_DUCKDB__MEMORY_LIMIT": "6GB",
         "FLIGHT_DUCKDB__QUERY_DEADLINE_S": str(int(deadline_s)),
+        # no DuckDB replicas: these scenarios measure PostgreSQL and hybrid execution themselves
+        "FLIGHT_SYNC__ENABLED": "false",
     }
 
 
