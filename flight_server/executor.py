@@ -102,7 +102,6 @@ class OpenResult:
     cache: str
     batches: list[pa.RecordBatch] = field(default_factory=list)
     running: QueryResult | None = None
-    on_close: list[Callable[[], None]] = field(default_factory=list)
 
     def metadata(self) -> dict[str, Any]:
         return self.plan.metadata(self.cache)
@@ -110,8 +109,6 @@ class OpenResult:
     def close(self) -> None:
         if self.running is not None:
             self.running.close()
-        for callback in self.on_close:
-            callback()
 
 
 class Description(NamedTuple):
