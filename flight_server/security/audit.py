@@ -23,7 +23,8 @@ logger = logging.getLogger("flight_server.audit")
 
 def fingerprint(sql: str) -> str:
     """A short, stable id of an SQL text (whitespace and case folded), never the text."""
-    return hashlib.sha256(" ".join(sql.lower().split()).encode()).hexdigest()[:16]
+    # surrogatepass: a text that is not valid Unicode is refused later, but still fingerprinted
+    return hashlib.sha256(" ".join(sql.lower().split()).encode("utf-8", "surrogatepass")).hexdigest()[:16]
 
 
 class AuditLog:
