@@ -182,7 +182,7 @@ class QueryPlanner:
         tables = dict(PROJECT_COLUMNS)
         for engine in self.engines.values():
             for table, cols in engine.columns().items():
-                column = project_column(cols)
+                column = project_column(table, cols)
                 if column is not None:
                     tables.setdefault(table, column)
         self._scoped_cache = (known, tables)

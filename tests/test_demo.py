@@ -211,9 +211,9 @@ def test_demo_failure_keeps_previous_contents(tmp_path: Path, monkeypatch: pytes
     def interrupt(step: str, done: int, total: int) -> None:
         seen.append((step, done, total))
         if done >= 20_000:
-            raise KeyboardInterrupt
+            raise KeyboardInterrupt("ctrl-c after 20,000 rows")
 
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(KeyboardInterrupt, match="ctrl-c after 20,000 rows"):
         generate_demo_data(con, 2 * ROWS, seed=SEED + 1, end_date=END, progress=interrupt)
     assert seen == [("cdx_records", 10_000, 100_000), ("cdx_records", 20_000, 100_000)]
     assert _checksums(con) == before

@@ -160,9 +160,9 @@ def test_startup_failure_closes_duckdb_and_stops_its_threads(tmp_path: Path) -> 
     assert _unlocked(settings.duckdb_path)
 
     def interrupted(con: duckdb.DuckDBPyConnection) -> None:
-        raise KeyboardInterrupt  # Ctrl-C while the demo data is written, in-process
+        raise KeyboardInterrupt("ctrl-c while the demo data is written")  # in-process
 
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(KeyboardInterrupt, match="ctrl-c while the demo data is written"):
         App(settings.model_copy(update={"schemas_dir": packaged_schemas()}), prepare=interrupted)
     assert {t.name for t in set(threading.enumerate()) - before if t.is_alive()} == set()
     assert _unlocked(settings.duckdb_path)

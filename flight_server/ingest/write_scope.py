@@ -1,9 +1,8 @@
 """Write scoping of puts: a scoped caller writes only rows of its own projects.
 
 Writes are scoped like reads. A dataset carries a project when it has the project column
-reads are filtered on (`scoping.PROJECT_COLUMNS`, else `project_id`), matched without
-regard to case as DuckDB resolves identifiers. For a caller scoped to some projects
-(every role but admin):
+reads are filtered on (`scoping.project_column`: one rule for reads and writes). For a
+caller scoped to some projects (every role but admin):
 
 - each conformed batch is checked as it arrives, vectorised: a row whose project is
   null or not one of the caller's refuses the whole put (PERMISSION_DENIED), and as the
@@ -25,16 +24,13 @@ import pyarrow.compute as pc
 
 from flight_server.context import Caller
 from flight_server.errors import PermissionDenied
-from flight_server.security.scoping import PROJECT_COLUMNS
+from flight_server.security.scoping import project_column
 
-DEFAULT_PROJECT_COLUMN = "project_id"
 _SHOWN = 60  # characters of an offending project id shown in the message
 
 
-def project_column(dataset: str, schema: pa.Schema | None) -> str | None:
-    """The name of the column of `schema` holding the project id, if the dataset has one."""
-    wanted = PROJECT_COLUMNS.get(dataset, DEFAULT_PROJECT_COLUMN).lower()
-    return next((f.name for f in schema or [] if f.name.lower() == wanted), None)
+def _project_column(dataset: str, schema: pa.Schema | None) -> str | None:
+    return project_column(dataset, schema.names if schema is not None else ())
 
 
 def _shown(value: object) -> str:
@@ -48,7 +44,7 @@ class WriteScope:
         """`schema` is the put's file schema (the dataset's columns, then the put's new ones)."""
         self.dataset = dataset
         self.projects = caller.projects
-        self.column = project_column(dataset, schema) if self.projects is not None else None
+        self.column = _project_column(dataset, schema) if self.projects is not None else None
         self._index = schema.get_field_index(self.column) if self.column is not None else -1
         self._allowed = pa.array(sorted(self.projects or ()), pa.string())
 
@@ -97,7 +93,7 @@ class WriteScope:
             return
         known = set(current.names)
         self.check_schema(current, [name for name in merged.names if name not in known], replace=False)
-        if self.column is None and project_column(self.dataset, current) is not None:
+        if self.column is None and _project_column(self.dataset, current) is not None:
             raise PermissionDenied(
                 f"dataset '{self.dataset}' now has a project column that your rows lack; send it again with it"
             )

@@ -48,15 +48,17 @@ _MOVED_TO_SUBQUERY = ("pivots", "sample", "laterals", "joins")  # clauses a subq
 _REFERENCE_ONLY = ("this", "db", "catalog", "alias")
 
 
-def project_column(columns: Iterable[str]) -> str | None:
-    """The column of a table that holds its project, spelled as the engine has it.
+def project_column(table: str, columns: Iterable[str]) -> str | None:
+    """The column of `table` that holds its project, spelled as the engine has it.
 
-    DuckDB resolves names case-insensitively, quoted or not, so `Project_ID` and
-    `PROJECT_ID` are the project column too; an exact `project_id` wins where an engine
-    (PostgreSQL) could hold several spellings.
+    `PROJECT_COLUMNS` names it for the known tables, `project_id` for any other (a
+    dataset). DuckDB resolves names case-insensitively, quoted or not, so `Project_ID` and
+    `PROJECT_ID` are the project column too; an exact match wins where an engine
+    (PostgreSQL) could hold several spellings. Reads and writes are scoped by this one rule.
     """
-    named = [c for c in columns if c.lower() == "project_id"]
-    return "project_id" if "project_id" in named else next(iter(named), None)
+    wanted = PROJECT_COLUMNS.get(table.lower(), "project_id")
+    named = [c for c in columns if c.lower() == wanted]
+    return wanted if wanted in named else next(iter(named), None)
 
 
 def scope_sql(
