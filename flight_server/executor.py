@@ -379,10 +379,7 @@ class QueryExecutor:
         try:
             batches = list(result.batches)
             if result.running is not None:
-                try:
-                    batches.extend(result.running.reader)
-                except BaseException as exc:  # noqa: BLE001 - the engine's error, translated and re-raised
-                    raise result.running.translate(exc) from None
+                batches.extend(result.running.batches())
             return pa.Table.from_batches(batches, schema=result.schema)
         finally:
             result.close()

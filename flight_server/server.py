@@ -18,7 +18,6 @@ import pyarrow.flight as flight
 from flight_server.actions import ACTIONS, ActionDeps, RequestCounts
 from flight_server.commands import Command, dataset_command, parse_command
 from flight_server.context import Caller, RequestContext
-from flight_server.engines.base import QueryResult
 from flight_server.errors import ChronoError, InvalidArgument, NotFound, ResourceExhausted, to_flight_error
 from flight_server.executor import OpenResult
 from flight_server.flightsql.actions import SQL_ACTIONS
@@ -321,7 +320,7 @@ class ChronoFlightServer(flight.FlightServerBase):  # type: ignore[misc]
             yield _empty_batch(result.schema), metadata
         if result.running is None:
             return
-        for batch in _read(result.running):
+        for batch in result.running.batches():
             budget.spend(batch)
             sent["rows"] += batch.num_rows
             sent["bytes"] += batch.nbytes
@@ -457,14 +456,6 @@ class _Budget:
         self.nbytes -= batch.nbytes
         if self.rows < 0 or self.nbytes < 0:
             raise ResourceExhausted("result larger than your row or byte limit; narrow the query or add a LIMIT")
-
-
-def _read(running: QueryResult) -> Iterator[pa.RecordBatch]:
-    """The batches of a running query's reader, its failures as the engine words them."""
-    try:
-        yield from running.reader
-    except Exception as exc:  # noqa: BLE001 - the engine's error, translated and re-raised
-        raise running.translate(exc) from None
 
 
 def _empty_batch(schema: pa.Schema) -> pa.RecordBatch:

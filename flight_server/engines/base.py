@@ -8,7 +8,7 @@ running the query, explain a plan, report its health and interrupt a query.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, Protocol
 
 import pyarrow as pa
@@ -32,6 +32,13 @@ class QueryResult:
     @property
     def schema(self) -> pa.Schema:
         return self.reader.schema
+
+    def batches(self) -> Iterator[pa.RecordBatch]:
+        """The reader's batches as they arrive, its failures as the engine words them."""
+        try:
+            yield from self.reader
+        except Exception as exc:  # noqa: BLE001 - the engine's error, translated and re-raised
+            raise self.translate(exc) from None
 
     def close(self) -> None:
         """Stop the query if it is still running and free its resources (idempotent)."""

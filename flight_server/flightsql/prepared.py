@@ -156,14 +156,7 @@ class BoundRun:
                 try:
                     for batch in result.batches:
                         yield self._cast(batch, index)
-                    running = result.running
-                    while running is not None:
-                        try:
-                            batch = running.reader.read_next_batch()
-                        except StopIteration:
-                            break
-                        except Exception as exc:  # noqa: BLE001 - the engine's error, translated and re-raised
-                            raise running.translate(exc) from None
+                    for batch in result.running.batches() if result.running is not None else ():
                         yield self._cast(batch, index)
                 finally:
                     with self._lock:
