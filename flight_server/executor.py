@@ -261,7 +261,7 @@ class QueryExecutor:
         key = self._key(plan, ctx)
         schema = self._described.get(key.digest)
         if schema is None:
-            with self.limits.slot(ctx.caller) if self.limits is not None else contextlib.nullcontext():
+            with self.limits.slot(ctx.caller, ctx.peer) if self.limits is not None else contextlib.nullcontext():
                 schema = self.schema(plan)
             self._described.put(key.digest, schema)
         return schema, self.cache.peek(key, plan.command.cache)
