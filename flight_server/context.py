@@ -45,6 +45,9 @@ class RequestContext:
         return (time.monotonic() - self.started) * 1000.0
 
 
+REPEAT_INTERRUPT_S = 0.5  # how often a stopped query that still runs is interrupted again
+
+
 @dataclass
 class RunningQuery:
     query_id: str
@@ -54,10 +57,23 @@ class RunningQuery:
     interrupt: Callable[[], None]
     started: float = field(default_factory=time.monotonic)
     stop_reason: str | None = None  # "deadline" or "cancelled" once interrupted
+    interrupted_at: float | None = None
 
     def stop(self, reason: str) -> None:
         if self.stop_reason is None:
             self.stop_reason = reason
+            self.interrupted_at = time.monotonic()
+            self.interrupt()
+
+    def interrupt_again(self, now: float, every_s: float) -> None:
+        """Repeat the interrupt of a stopped query that is still registered.
+
+        A query is registered just before its engine starts it, and an interrupt that
+        arrives in between is lost (DuckDB and PostgreSQL interrupt only what runs); so
+        until the query unregisters, the watchdog interrupts it again every `every_s`.
+        """
+        if self.interrupted_at is not None and now - self.interrupted_at >= every_s:
+            self.interrupted_at = now
             self.interrupt()
 
 
@@ -125,7 +141,10 @@ class RunningQueries:
             now = time.monotonic()
             with self._lock:
                 overdue = [q for q in self._queries.values() if q.deadline <= now]
+                stopped = [q for q in self._queries.values() if q.stop_reason is not None]
                 watched = [(self._queries[i], gone) for i, gone in self._clients.items() if i in self._queries]
+            for query in stopped:
+                query.interrupt_again(now, REPEAT_INTERRUPT_S)
             for query in overdue:
                 query.stop("deadline")
             for query, gone in watched:
